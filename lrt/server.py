@@ -1,0 +1,215 @@
+"""The embedded local CouchDB-API server (pouchdb-server on Node.js).
+
+Apache CouchDB is what production runs; this local server is for ``make demo``,
+for trying lrt on a laptop, and for the test suite.  Its only requirement is
+Node.js (with npm for the first install): ``pouchdb-server`` is installed from
+the npm registry into a folder lrt owns (``$LRT_HOME/node``, default
+``~/.local/share/lrt/node``), bound to 127.0.0.1 only, with a data directory and
+a generated admin password stored in a 0600 state file.
+
+Known differences from Apache CouchDB are avoided, not patched: databases are
+created and deleted as server admin only, ``_bulk_docs`` results are matched by
+id, and lrt does not use ``_changes`` feeds.  See docs/server.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import requests
+
+from .errors import LrtError
+
+POUCHDB_SERVER_VERSION = "4.2.0"
+DEFAULT_PORT = 5985  # not 5984, so a real CouchDB on the same machine is left alone
+
+
+class ServerSetupError(LrtError):
+    """The local server could not be installed or started."""
+
+
+def lrt_home() -> Path:
+    """Where lrt keeps its own files (``$LRT_HOME``, else ``~/.local/share/lrt``)."""
+    env = os.environ.get("LRT_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "lrt"
+
+
+def node_dir() -> Path:
+    return lrt_home() / "node"
+
+
+def server_bin() -> Path:
+    return node_dir() / "node_modules" / "pouchdb-server" / "bin" / "pouchdb-server"
+
+
+def install(quiet: bool = False) -> Path:
+    """Install pouchdb-server from npm (once); return its entry point."""
+    binp = server_bin()
+    if binp.exists():
+        return binp
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        raise ServerSetupError("the local server needs Node.js and npm "
+                               "(Debian: apt-get install -y nodejs npm)")
+    nd = node_dir()
+    nd.mkdir(parents=True, exist_ok=True)
+    pkg = nd / "package.json"
+    if not pkg.exists():
+        pkg.write_text('{"private": true}\n')
+    # --ignore-scripts: leveldown ships an N-API prebuild; this only skips the
+    # optional sqlite backend's native build, so no compiler is needed.
+    cmd = ["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error",
+           f"pouchdb-server@{POUCHDB_SERVER_VERSION}"]
+    res = subprocess.run(cmd, cwd=nd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if res.returncode != 0 or not binp.exists():
+        raise ServerSetupError(f"npm install pouchdb-server failed:\n{res.stdout[-2000:]}")
+    return binp
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by the owner only, from the first byte."""
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
+
+
+@dataclass
+class LocalServer:
+    """A running (or recorded) local server instance."""
+
+    base: str
+    port: int
+    pid: int
+    user: str
+    password: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"LocalServer(url={self.url!r}, pid={self.pid}, user={self.user!r})"
+
+    # -- lifecycle -----------------------------------------------------------------
+    @classmethod
+    def start(cls, base: Optional[Path] = None, port: Optional[int] = None,
+              memory: bool = False, timeout: float = 60.0) -> "LocalServer":
+        """Start a server whose files live in ``base``; wait until it answers as admin."""
+        base = Path(base) if base else lrt_home() / "server"
+        existing = cls.load(base)
+        if existing is not None and existing.alive():
+            return existing
+        binp = install()
+        base.mkdir(parents=True, exist_ok=True)
+        os.chmod(base, 0o700)
+        (base / "data").mkdir(exist_ok=True)
+        port = port or (existing.port if existing else None) or DEFAULT_PORT
+        if _port_busy(port):
+            port = free_port()
+        user = "admin"
+        password = existing.password if existing else secrets.token_urlsafe(18)
+        cfg = {"admins": {user: password},
+               "log": {"file": str(base / "log.txt"), "level": "warning"}}
+        _write_private(base / "config.json", json.dumps(cfg))
+        args = ["node", "--unhandled-rejections=warn", str(binp), "-o", "127.0.0.1", "-p", str(port),
+                "-d", str(base / "data") + os.sep, "-c", str(base / "config.json"), "-n"]
+        if memory:
+            args.append("-m")
+        out = open(base / "server.out", "ab")
+        proc = subprocess.Popen(args, cwd=str(base), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        out.close()
+        srv = cls(str(base), port, proc.pid, user, password)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = (base / "server.out").read_text(errors="replace")[-2000:]
+                raise ServerSetupError(f"local server exited at start:\n{tail}")
+            if srv.ready():
+                # pouchdb-server rewrites config.json (hashing the password) as 0644
+                os.chmod(base / "config.json", 0o600)
+                srv.save()
+                return srv
+            time.sleep(0.05)
+        proc.kill()
+        raise ServerSetupError(f"local server not ready after {timeout:.0f}s; see {base}/server.out")
+
+    def ready(self) -> bool:
+        try:
+            r = requests.get(self.url + "/_session", auth=(self.user, self.password), timeout=1)
+            return r.ok and "_admin" in r.json().get("userCtx", {}).get("roles", [])
+        except (requests.RequestException, ValueError):
+            return False
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return self.ready()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the server; True if it was running."""
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            return False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return True
+            try:  # reap it if it is our child
+                os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return True
+
+    # -- state file ----------------------------------------------------------------
+    def save(self) -> None:
+        _write_private(Path(self.base) / "state.json", json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, base: Optional[Path] = None) -> Optional["LocalServer"]:
+        base = Path(base) if base else lrt_home() / "server"
+        try:
+            data = json.loads((base / "state.json").read_text())
+            return cls(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def running(base: Optional[Path] = None) -> Optional[LocalServer]:
+    """The default local server if it is running, else None."""
+    srv = LocalServer.load(base)
+    return srv if srv is not None and srv.alive() else None

@@ -1,0 +1,116 @@
+"""The HTTP layer and the local server against a real CouchDB-API server."""
+import logging
+
+import pytest
+
+from lrt import couch as c
+from lrt import design
+from lrt.couch import Server
+
+
+def test_docs_revs_and_conflict(empty_db):
+    doc = {"_id": "a", "x": 1}
+    rev1 = empty_db.put(doc)
+    assert rev1.startswith("1-")
+    stale = dict(doc, _rev=rev1)
+    doc["x"] = 2
+    empty_db.put(doc)
+    with pytest.raises(c.Conflict):
+        empty_db.put(stale)
+    assert empty_db.get("a")["x"] == 2
+    with pytest.raises(c.NotFound):
+        empty_db.get("missing")
+    assert empty_db.get_or_none("missing") is None
+
+
+def test_bulk_docs_matched_by_id(empty_db):
+    docs = [{"_id": f"d{i:04d}", "i": i} for i in range(500)]
+    res = empty_db.bulk_docs(docs)
+    assert sorted(res.ok) == [d["_id"] for d in docs]
+    # second time: every one is a conflict, none is reported as a success
+    res2 = empty_db.bulk_docs([{"_id": d["_id"], "i": -1} for d in docs])
+    assert sorted(res2.conflicts) == [d["_id"] for d in docs]
+    assert empty_db.get("d0042")["i"] == 42
+    with pytest.raises(ValueError):
+        empty_db.bulk_docs([{"_id": "x"}, {"_id": "x"}])
+
+
+def test_iter_view_pages_without_skip(empty_db):
+    design.install(empty_db)
+    empty_db.bulk_docs([{"_id": f"t{i:03d}", "kind": "token", "type": "p", "state": "todo",
+                         "created": i} for i in range(57)])
+    rows = list(empty_db.iter_view("lrt", "tokens", page_size=10, startkey=["todo", "p"],
+                                   endkey=["todo", "p", {}]))
+    assert [r["id"] for r in rows] == [f"t{i:03d}" for i in range(57)]
+    rows = list(empty_db.iter_view("lrt-claim", "todo", page_size=7,
+                                   startkey=["p"], endkey=["p", {}], limit=20))
+    assert [r["id"] for r in rows] == [f"t{i:03d}" for i in range(20)]
+
+
+def test_attachments_stream(empty_db, tmp_path):
+    rev = empty_db.put({"_id": "att"})
+    src = tmp_path / "blob.bin"
+    payload = bytes(range(256)) * 4096
+    src.write_bytes(payload)
+    with open(src, "rb") as fh:
+        empty_db.put_attachment("att", rev, "blob.bin", fh)
+    out = tmp_path / "out.bin"
+    with open(out, "wb") as fh:
+        empty_db.get_attachment("att", "blob.bin", dest=fh)
+    assert out.read_bytes() == payload
+
+
+def test_design_install_is_idempotent_and_versioned(empty_db):
+    first = design.install(empty_db)
+    assert set(first.values()) == {"installed"}
+    again = design.install(empty_db)
+    assert set(again.values()) == {"unchanged"}
+    ddoc = empty_db.get("_design/lrt")
+    assert ddoc["lrt_version"] and len(ddoc["lrt_hash"]) == 64
+    # an older install gets upgraded in place
+    ddoc["lrt_hash"] = "old"
+    ddoc["views"]["tokens"]["map"] = "function (doc) {}"
+    empty_db.put(ddoc)
+    assert design.install(empty_db)["lrt"] == "upgraded"
+    assert "emit" in empty_db.get("_design/lrt")["views"]["tokens"]["map"]
+
+
+def test_wrong_password_is_clear_and_secret_free(couch, empty_db, caplog):
+    secret = "Sup3r-S3cret-pw"
+    bad = Server(couch.url, couch.user, secret, retries=3)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(c.AuthError) as ei:
+        bad.database(empty_db.name).get("x")
+    msg = str(ei.value)
+    assert "refused" in msg and "LRT_COUCH_PASSWORD" in msg
+    assert secret not in msg and secret not in repr(bad) and secret not in caplog.text
+    assert bad.requests_sent == 1  # auth failures are never retried
+
+
+def test_credentials_in_url_are_split_off(couch):
+    url = couch.url.replace("://", f"://{couch.user}:{couch.password}@")
+    s = Server(url)
+    assert couch.password not in s.url and couch.password not in repr(s)
+    assert "_admin" in s.session_info()["userCtx"]["roles"]
+
+
+def test_connection_errors_are_retried_then_raised():
+    from lrt.server import free_port
+
+    s = Server(f"http://127.0.0.1:{free_port()}", retries=2, backoff=0.01)
+    with pytest.raises(c.CouchConnectionError):
+        s.info()
+    assert s.requests_sent == 3
+
+
+def test_local_server_state_is_private(couch):
+    if couch.local is None:
+        pytest.skip("external server")
+    import os
+    import stat
+    from pathlib import Path
+
+    for f in ("state.json", "config.json"):
+        mode = stat.S_IMODE(os.stat(Path(couch.local.base) / f).st_mode)
+        assert mode == 0o600, (f, oct(mode))
+    assert couch.password not in repr(couch.local)
