@@ -37,3 +37,24 @@ class TransitionError(LrtError):
     """A token state change that the state machine does not allow."""
 
     exit_code = 3
+
+
+class StagingError(LrtError):
+    """Tape staging, stage-in or stage-out failed.
+
+    ``per_file`` maps each failing URL to its reason, so the token can keep them.
+    ``code`` is an :mod:`lrt.errorcodes` number.
+    """
+
+    def __init__(self, message: str, code: int, per_file: Optional[dict] = None):
+        super().__init__(message)
+        self.code = code
+        self.per_file = dict(per_file or {})
+
+
+class StageInError(StagingError):
+    """Copying inputs into the work directory failed (or a checksum did not match)."""
+
+
+class StageOutError(StagingError):
+    """Uploading or committing outputs failed."""
