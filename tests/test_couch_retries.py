@@ -1,0 +1,93 @@
+"""Retry policy of the HTTP layer against a real (tiny) HTTP server on loopback.
+
+The server answers a scripted sequence of statuses, so the test sees exactly
+which answers the client retries: 5xx and 429 yes (honouring Retry-After),
+409/401/403/404 never.
+"""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from lrt import couch as c
+
+
+class Scripted:
+    def __init__(self, statuses):
+        self.statuses = list(statuses)
+        self.seen = []
+        handler = self._handler()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def _handler(self):
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _answer(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                if n:
+                    self.rfile.read(n)
+                outer.seen.append((self.command, self.path))
+                status = outer.statuses.pop(0) if outer.statuses else 200
+                body = json.dumps({"ok": True} if status < 400 else
+                                  {"error": "e%d" % status, "reason": "scripted"}).encode()
+                self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", "0")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _answer
+
+        return H
+
+    def __enter__(self):
+        self.thread.start()
+        host, port = self.httpd.server_address
+        return self, f"http://{host}:{port}"
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_5xx_and_429_are_retried_until_success():
+    with Scripted([503, 500, 429]) as (srv, url):
+        s = c.Server(url, backoff=0.001, retries=5)
+        assert s.json("GET", "/db/doc") == {"ok": True}
+        assert len(srv.seen) == 4
+
+
+def test_persistent_5xx_becomes_server_error():
+    with Scripted([502] * 10) as (srv, url):
+        s = c.Server(url, backoff=0.001, retries=2)
+        with pytest.raises(c.ServerError) as ei:
+            s.json("PUT", "/db/doc", json_body={"a": 1})
+        assert ei.value.status == 502 and len(srv.seen) == 3
+
+
+@pytest.mark.parametrize("status,exc", [(409, c.Conflict), (401, c.Unauthorized),
+                                        (403, c.Forbidden), (404, c.NotFound), (400, c.BadRequest)])
+def test_client_errors_are_never_retried(status, exc):
+    with Scripted([status, 200]) as (srv, url):
+        s = c.Server(url, backoff=0.001, retries=5)
+        with pytest.raises(exc) as ei:
+            s.json("PUT", "/db/doc", json_body={"a": 1})
+        assert len(srv.seen) == 1 and ei.value.status == status
+
+
+def test_streamed_bodies_are_not_replayed(tmp_path):
+    f = tmp_path / "blob"
+    f.write_bytes(b"x" * 1000)
+    with Scripted([503, 200]) as (srv, url):
+        s = c.Server(url, backoff=0.001, retries=5)
+        with open(f, "rb") as fh, pytest.raises(c.ServerError):
+            s.request("PUT", "/db/doc/att", data=fh)
+        assert len(srv.seen) == 1
