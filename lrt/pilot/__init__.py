@@ -1,0 +1,1 @@
+"""The pilot: claims tokens, runs their payloads, reports back (worker-node side)."""
