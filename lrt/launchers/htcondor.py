@@ -1,0 +1,125 @@
+"""HTCondor: a submit description queueing N pilot jobs.
+
+``lrt launch htcondor`` writes ``pilot.sub`` and the wrapper ``pilot.sh`` into
+the launch folder and runs ``condor_submit -terse`` when it is installed (then
+the submission is recorded like any launch); otherwise it prints the command
+to run on a submit host.  The password file is listed in
+``transfer_input_files`` (by path); HTCondor copies it next to the wrapper.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from ..errors import ConfigError
+from . import (Connection, password_file_for, LaunchError, check_no_secret, find_template, launch_dir, new_launch_id,
+               record_launch, render, submit_env)
+from .wrapper import plain, render_wrapper
+
+TEMPLATE = "htcondor.sub.tmpl"
+
+
+@dataclass
+class CondorOptions:
+    pilots: int = 1
+    token_type: Optional[str] = None
+    cpus: int = 1
+    mem: str = "2GB"
+    template: Optional[str] = None
+    wrapper_template: Optional[str] = None
+    pilot_args: Optional[str] = None
+    extra: List[str] = field(default_factory=list)   # raw submit-description lines
+    password_file: Optional[str] = None
+    base_dir: Optional[str] = None
+    lrt: Optional[str] = None
+
+
+def render_files(conn: Connection, opts: CondorOptions, folder: Path, launch_id: str,
+                 write: bool = True) -> Dict[str, Any]:
+    """Render ``pilot.sub`` and ``pilot.sh`` for ``folder`` (nothing written here)."""
+    if opts.pilots < 1 or opts.cpus < 1:
+        raise ConfigError("--pilots and --cpus must be at least 1")
+    w = render_wrapper(conn, launch_id, opts.token_type, opts.pilot_args, opts.pilots, opts.wrapper_template,
+                       opts.lrt, opts.password_file, write=False)
+    tpl = find_template(TEMPLATE, opts.template)
+    text = tpl.read_text()
+    try:
+        inputs = [plain(w["password_path"], "password file path")] if w["password_path"] else []
+        if any("," in i for i in inputs):
+            raise ValueError("the password file path contains a comma")
+        extra = []
+        for line in opts.extra:
+            if "\n" in line or "\r" in line or re.match(r"\s*queue\b", line, re.I):
+                raise ValueError(f"--submit-line must be one line and not a queue statement: {line!r}")
+            extra.append(line)
+        variables = {
+            "launch_id": launch_id, "launch_id_plain": launch_id, "count": str(opts.pilots),
+            "executable": plain(str(folder / "pilot.sh"), "folder"),
+            "transfer_input_files": ", ".join(inputs),
+            "log_dir": plain(str(folder), "folder"),
+            "request_cpus": str(int(opts.cpus)), "request_memory": plain(str(opts.mem), "--mem"),
+            "submit_file": plain(str(folder / "pilot.sub"), "folder"),
+            "type": opts.token_type or "", "extra_lines": "\n".join(extra),
+        }
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    sub = render(text, variables, source=str(tpl))
+    check_no_secret([sub], conn)
+    if write:
+        password_file_for(conn, opts.password_file, write=True)  # only after every check
+    return {"sub": sub, "wrapper": w["text"], "template_path": tpl, "template_text": text + w["template_text"],
+            "password_path": w["password_path"]}
+
+
+def launch(db: Any, conn: Connection, opts: CondorOptions, out=print) -> Optional[Dict[str, Any]]:
+    """Write the files; submit and record when ``condor_submit`` exists, else say how."""
+    launch_id = new_launch_id("htcondor")
+    folder_name = Path(opts.base_dir).expanduser().resolve() if opts.base_dir else None
+    # render against the final folder path first, so bad input writes nothing
+    from ..server import lrt_home
+
+    final = (folder_name or lrt_home() / "launches") / launch_id
+    files = render_files(conn, opts, final, launch_id)
+    folder = launch_dir(launch_id, opts.base_dir)
+    (folder / "pilot.sh").write_text(files["wrapper"])
+    (folder / "pilot.sh").chmod(0o700)
+    (folder / "pilot.sub").write_text(files["sub"])
+    if shutil.which("condor_submit") is None:
+        out(f"wrote {folder}/pilot.sub and pilot.sh; condor_submit is not installed here, "
+            f"so nothing was submitted. On a submit host run: condor_submit {folder}/pilot.sub")
+        return None
+    res = subprocess.run(["condor_submit", "-terse", str(folder / "pilot.sub")], cwd=str(folder),
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         env=submit_env(conn, "file"), timeout=300, check=False)
+    if res.returncode != 0:
+        raise LaunchError(f"condor_submit failed (exit {res.returncode}): {res.stderr.strip()}")
+    m = re.match(r"\s*(\d+)\.", res.stdout)
+    cluster = m.group(1) if m else None
+    return record_launch(db, launch_id, "htcondor", cluster, opts.pilots, opts.token_type,
+                         files["template_text"], dir=str(folder), template=str(files["template_path"]),
+                         credentials="file", options={"cpus": opts.cpus, "mem": opts.mem,
+                                                      "pilot_args": opts.pilot_args})
+
+
+def queue_counts(cluster: str) -> Optional[Tuple[int, int]]:
+    """(idle+held, running) jobs of a cluster from ``condor_q``; None when unavailable."""
+    if shutil.which("condor_q") is None:
+        return None
+    try:
+        res = subprocess.run(["condor_q", cluster, "-af", "JobStatus"], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if res.returncode != 0:
+        return None
+    queued = running = 0
+    for line in res.stdout.split():
+        if line in ("1", "5"):    # idle, held
+            queued += 1
+        elif line in ("2", "6"):  # running, transferring output
+            running += 1
+    return queued, running
