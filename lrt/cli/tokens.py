@@ -1,0 +1,295 @@
+"""``lrt create | status | list | show | reset | delete``: tokens from the admin's side.
+
+Only ``lrt create`` creates anything (the database and lrt's design documents,
+when missing); every other command reads or changes existing tokens and says
+clearly when the database or the views are not there.  ``--json`` output
+shapes are documented in docs/tokens.md and kept stable.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+from .. import design
+from ..errors import LrtError
+from ..states import State
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("create", help="create tokens from a YAML token config (idempotent)")
+    p.add_argument("config", help="token config (YAML, see docs/configs.md)")
+    p.add_argument("--files", metavar="LIST", help="file list to use instead of the config's files.list")
+    p.add_argument("--batch-size", type=int, default=1000, metavar="N",
+                   help="tokens per _bulk_docs request (default 1000)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and count; write nothing (not even the database)")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("status", help="token counts per type and state")
+    p.add_argument("--type", help="only this token type")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("list", help="list token ids by state and type")
+    p.add_argument("--state", help="only this state (default: all)")
+    p.add_argument("--type", help="only this token type")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N tokens")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="one token: fields, attempts, attachments")
+    p.add_argument("id", help="token id")
+    p.add_argument("--json", action="store_true", help="the raw document")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("reset", help="move tokens of a state back to todo (attempts are kept)")
+    p.add_argument("--state", required=True, help="state to reset: error, failed, done, cancelled, ...")
+    p.add_argument("--type", help="only this token type")
+    p.add_argument("--dry-run", action="store_true", help="count only")
+    p.add_argument("--force", action="store_true", help="also reset locked tokens (their pilots lose them)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reset)
+
+    p = sub.add_parser("delete", help="delete the tokens of a type (optionally of one state)")
+    p.add_argument("--type", required=True, help="token type")
+    p.add_argument("--state", help="only this state")
+    p.add_argument("--yes", action="store_true", help="really delete (required)")
+    p.add_argument("--dry-run", action="store_true", help="count only")
+    p.add_argument("--force", action="store_true", help="also delete locked tokens")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_delete)
+
+
+class UsageError(LrtError):
+    """A command used in a way that would do harm or nothing."""
+
+    exit_code = 2
+
+
+# ---------------------------------------------------------------------------
+# create
+
+
+def _progress_bar(total: int) -> "tuple[Optional[Callable[[int, int], None]], Callable[[], None]]":
+    """A tqdm bar on a terminal; nothing otherwise (or when tqdm is not installed)."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    try:
+        from tqdm import tqdm  # admin-side extra, imported only here
+    except ImportError:
+        return None, lambda: None
+    bar = tqdm(total=total, unit="tok", file=sys.stderr, leave=False)
+    last = [0]
+
+    def update(done: int, _total: int) -> None:
+        bar.update(done - last[0])
+        last[0] = done
+
+    return update, bar.close
+
+
+def cmd_create(ctx) -> int:
+    from ..tokens import TokenSet
+
+    a = ctx.args
+    if a.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    ts = TokenSet.from_config(a.config, files=a.files)
+    n = ts.validate()  # before anything touches the server
+    db = ctx.db
+    if a.dry_run:
+        exists = db.exists()
+        res = ts.dry_run(db if exists else None, batch_size=a.batch_size)
+        if a.json:
+            ctx.out(json.dumps({"db": db.name, "tokenset": ts.name, "dry_run": True, "tokens": n,
+                                **res.to_json()}, sort_keys=True))
+        else:
+            where = "" if exists else f" (database {db.name} does not exist yet)"
+            ctx.out(f"{n} tokens valid in {ts.name}: would create {res.created}, "
+                    f"{res.present} already present{where}")
+        return 0
+    if not db.exists():
+        db.create()
+    design.install(db)
+    progress, close = _progress_bar(n)
+    try:
+        res = ts.create(db, batch_size=a.batch_size, progress=progress)
+    finally:
+        close()
+    if a.json:
+        ctx.out(json.dumps({"db": db.name, "tokenset": ts.name, "dry_run": False, "tokens": n,
+                            **res.to_json()}, sort_keys=True))
+    else:
+        ctx.out(f"{res.created} created, {res.present} already present"
+                + (f", {res.failed} failed" if res.failed else "") + f" (tokenset {ts.name}, db {db.name})")
+        for doc_id, why in res.errors.items():
+            ctx.out(f"  failed: {doc_id}: {why}")
+    return 1 if res.failed else 0
+
+
+# ---------------------------------------------------------------------------
+# status / list / show
+
+
+def status_json(db, type: Optional[str] = None) -> Dict[str, Any]:
+    """The ``lrt status --json`` document (shape documented in docs/tokens.md)."""
+    from ..tokens import status_counts
+
+    counts = status_counts(db, type)
+    totals: Dict[str, int] = {}
+    for by_state in counts.values():
+        for s, k in by_state.items():
+            totals[s] = totals.get(s, 0) + k
+    order = [s.value for s in State]
+    ordered = lambda d: {s: d[s] for s in sorted(d, key=lambda x: (order.index(x) if x in order else 99, x))}
+    return {"db": db.name, "types": {t: ordered(counts[t]) for t in sorted(counts)},
+            "states": ordered(totals), "total": sum(totals.values())}
+
+
+def format_status(st: Dict[str, Any]) -> str:
+    if not st["total"]:
+        return f"no tokens in database {st['db']}"
+    cols = list(st["states"])
+    header = ["type"] + cols + ["total"]
+    rows: List[List[str]] = []
+    for t, by_state in st["types"].items():
+        rows.append([t] + [str(by_state.get(c, 0)) for c in cols] + [str(sum(by_state.values()))])
+    rows.append(["total"] + [str(st["states"][c]) for c in cols] + [str(st["total"])])
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(v.ljust(widths[0]) if i == 0 else v.rjust(widths[i]) for i, v in enumerate(r))
+    lines = [fmt(header), fmt(["-" * w for w in widths])]
+    lines += [fmt(r) for r in rows[:-1]]
+    lines += [fmt(["-" * w for w in widths]), fmt(rows[-1])]
+    return "\n".join(lines)
+
+
+def cmd_status(ctx) -> int:
+    st = status_json(ctx.db, ctx.args.type)
+    ctx.out(json.dumps(st, sort_keys=False) if ctx.args.json else format_status(st))
+    return 0
+
+
+def cmd_list(ctx) -> int:
+    from ..tokens import TokenList
+
+    a = ctx.args
+    tl = TokenList(ctx.db, a.state, a.type)
+    rows = ({"id": r["id"], "state": r["key"][0], "type": r["key"][1]} for r in tl.rows(limit=a.limit))
+    if a.json:
+        ctx.out(json.dumps(list(rows)))
+        return 0
+    for r in rows:
+        ctx.out(f"{r['id']}\t{r['state']}\t{r['type']}")
+    return 0
+
+
+def _ts(t: Any) -> str:
+    if not isinstance(t, (int, float)):
+        return "-"
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def format_token(doc: Dict[str, Any]) -> str:
+    """A readable summary of one token (``lrt show``)."""
+    out: List[str] = []
+    add = out.append
+    add(f"token     {doc['_id']}  (rev {doc.get('_rev', '-')})")
+    add(f"type      {doc.get('type')}   tokenset {doc.get('tokenset')}")
+    add(f"state     {doc.get('state')}   priority {doc.get('priority', 0)}   "
+        f"attempts {doc.get('attempts', 0)}/{doc.get('max_attempts', '-')}")
+    add(f"created   {_ts(doc.get('created'))}   updated {_ts(doc.get('updated'))}")
+    if doc.get("not_before"):
+        add(f"not before {_ts(doc['not_before'])}")
+    add(f"command   {json.dumps(doc.get('command'))}")
+    if doc.get("payload"):
+        add("payload   " + ", ".join(f"{k}={json.dumps(v)}" for k, v in doc["payload"].items()))
+    inputs = doc.get("inputs") or []
+    if inputs:
+        add(f"inputs    {len(inputs)} file(s)")
+        for i in inputs[:5]:
+            add(f"          {i.get('url')}" + (f"  {i['checksum']}" if i.get("checksum") else ""))
+        if len(inputs) > 5:
+            add(f"          ... {len(inputs) - 5} more")
+    if doc.get("outputs"):
+        add(f"outputs   {doc['outputs'].get('dest')}  {doc['outputs'].get('globs')}")
+    lease = doc.get("lease")
+    if lease:
+        add(f"lease     pilot {lease.get('pilot')} expires {_ts(lease.get('expires'))}")
+    if doc.get("host") or doc.get("pilot"):
+        add(f"pilot     {doc.get('pilot')} on {doc.get('host')}  batch job {doc.get('batch_job')}")
+    if doc.get("exit_code") is not None:
+        add(f"exit code {doc['exit_code']}")
+    err = doc.get("error")
+    if err:
+        add(f"error     {err.get('code')} {err.get('name')} ({err.get('class')}): {err.get('message')}")
+    if doc.get("timings"):
+        add("timings   " + ", ".join(f"{k}={v}" for k, v in doc["timings"].items()))
+    hist = doc.get("history") or []
+    if hist:
+        add("attempts:")
+        for h in hist:
+            e = h.get("error") or {}
+            add(f"  #{h.get('attempt')}  {h.get('state')}  exit {h.get('exit_code')}  "
+                f"{e.get('name') or ''}  pilot {h.get('pilot')} on {h.get('host')}  "
+                f"claimed {_ts(h.get('claimed'))}  finished {_ts(h.get('finished'))}")
+    atts = doc.get("_attachments") or {}
+    if atts:
+        add("attachments: " + ", ".join(f"{k} ({v.get('length', '?')} bytes)" for k, v in atts.items()))
+    tail = doc.get("log_tail") or {}
+    for stream in ("stdout", "stderr"):
+        if tail.get(stream):
+            add(f"{stream} (tail):")
+            out.extend("  " + line for line in str(tail[stream]).splitlines()[-10:])
+    return "\n".join(out)
+
+
+def cmd_show(ctx) -> int:
+    from ..tokens import Token
+
+    doc = Token.load(ctx.db, ctx.args.id)
+    ctx.out(json.dumps(doc, indent=2, sort_keys=True) if ctx.args.json else format_token(doc))
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# reset / delete
+
+
+def _report(ctx, verb: str, res, dry_run: bool) -> int:
+    """``verb`` is the infinitive ("reset", "delete")."""
+    if ctx.args.json:
+        ctx.out(json.dumps({"dry_run": dry_run, **res.to_json()}, sort_keys=True))
+    else:
+        what = f"would be {verb}" if dry_run else verb
+        msg = f"{res.matched} matched, {res.changed} {what}"
+        if res.conflicts:
+            msg += f", {res.conflicts} skipped (changed meanwhile)"
+        if res.failed:
+            msg += f", {res.failed} failed"
+        ctx.out(msg)
+        for doc_id, why in res.errors.items():
+            ctx.out(f"  failed: {doc_id}: {why}")
+    return 1 if res.failed else 0
+
+
+def cmd_reset(ctx) -> int:
+    from ..tokens import TokenList
+
+    a = ctx.args
+    res = TokenList(ctx.db, a.state, a.type).reset(dry_run=a.dry_run, force=a.force)
+    return _report(ctx, "reset", res, a.dry_run)
+
+
+def cmd_delete(ctx) -> int:
+    from ..tokens import TokenList
+
+    a = ctx.args
+    if not a.yes and not a.dry_run:
+        raise UsageError(f"deleting tokens cannot be undone: add --yes to delete the tokens of type "
+                         f"{a.type}{' in state ' + a.state if a.state else ''} (or --dry-run to count)")
+    res = TokenList(ctx.db, a.state, a.type).delete(dry_run=a.dry_run, force=a.force)
+    return _report(ctx, "deleted", res, a.dry_run)

@@ -1,0 +1,157 @@
+"""The token commands as a user runs them: real subprocesses against the real server."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lrt import states
+
+from conftest import new_db_name
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Cli:
+    def __init__(self, couch, dbname: str, lrt_cmd):
+        self.couch, self.dbname, self.cmd = couch, dbname, lrt_cmd
+
+    def __call__(self, *args: str, cwd: Path = ROOT, env_extra=None) -> subprocess.CompletedProcess:
+        env = self.couch.env(self.dbname)
+        env["PYTHONPATH"] = str(ROOT)
+        env.update(env_extra or {})
+        res = subprocess.run(self.cmd + list(args), cwd=cwd, env=env, capture_output=True, text=True,
+                             timeout=120)
+        # credentials never reach the terminal, whatever the command did
+        assert self.couch.password not in res.stdout + res.stderr
+        return res
+
+
+@pytest.fixture
+def cli(couch, server, lrt_cmd):
+    name = new_db_name("cli")
+    yield Cli(couch, name, lrt_cmd)
+    server.database(name).delete()
+
+
+def test_create_status_list_show(cli, server):
+    # before anything exists: a clear error, and nothing is created by reading
+    r = cli("status")
+    assert r.returncode == 1 and "does not exist" in r.stderr and "lrt create" in r.stderr
+    assert not server.database(cli.dbname).exists()
+
+    r = cli("create", "configs/demo.yaml", "--dry-run")
+    assert r.returncode == 0 and "would create 20" in r.stdout
+    assert not server.database(cli.dbname).exists()
+
+    r = cli("create", "configs/demo.yaml")
+    assert r.returncode == 0, r.stderr
+    assert "20 created, 0 already present" in r.stdout
+    r = cli("create", "configs/demo.yaml", "--batch-size", "7")
+    assert "0 created, 20 already present" in r.stdout
+    r = cli("create", "configs/lofar_example.yaml", "--json")
+    out = json.loads(r.stdout)
+    assert out["created"] == 4 and out["present"] == 0 and out["tokens"] == 4
+
+    db = server.database(cli.dbname)
+    for i, dst in ((3, "done"), (4, "done"), (13, "error")):
+        doc = db.get(f"demo_{i:02d}")
+        states.apply(doc, "locked")
+        states.apply(doc, dst, fields={"exit_code": 3} if dst == "error" else None)
+        db.put(doc)
+
+    st = json.loads(cli("status", "--json").stdout)
+    assert st == {"db": cli.dbname,
+                  "types": {"demo": {"todo": 17, "done": 2, "error": 1},
+                            "lofar_calib": {"staging": 4}},
+                  "states": {"staging": 4, "todo": 17, "done": 2, "error": 1}, "total": 24}
+    text = cli("status").stdout.splitlines()
+    assert text[0].split() == ["type", "staging", "todo", "done", "error", "total"]
+    assert text[2].split() == ["demo", "0", "17", "2", "1", "20"]
+    assert text[-1].split() == ["total", "4", "17", "2", "1", "24"]
+    st = json.loads(cli("status", "--json", "--type", "lofar_calib").stdout)
+    assert st["types"] == {"lofar_calib": {"staging": 4}} and st["total"] == 4
+
+    rows = json.loads(cli("list", "--state", "done", "--json").stdout)
+    assert rows == [{"id": "demo_03", "state": "done", "type": "demo"},
+                    {"id": "demo_04", "state": "done", "type": "demo"}]
+    assert cli("list", "--state", "todo", "--limit", "3").stdout.split("\n")[:3] == [
+        "demo_00\ttodo\tdemo", "demo_01\ttodo\tdemo", "demo_02\ttodo\tdemo"]
+
+    r = cli("show", "lofar_calib_L654321_SB010")
+    assert r.returncode == 0
+    assert "state     staging" in r.stdout and "missing=[12, 13]" in r.stdout
+    assert "inputs    8 file(s)" in r.stdout and "srm.txt" in r.stdout
+    raw = json.loads(cli("show", "demo_13", "--json").stdout)
+    assert raw["state"] == "error" and raw["exit_code"] == 3
+    r = cli("show", "nope")
+    assert r.returncode == 1 and "no token 'nope'" in r.stderr
+
+
+def test_reset_and_delete(cli, server):
+    assert cli("create", "configs/demo.yaml").returncode == 0
+    db = server.database(cli.dbname)
+    for i in range(5):
+        doc = db.get(f"demo_{i:02d}")
+        states.apply(doc, "locked", fields={"attempts": 1})
+        if i < 4:
+            states.apply(doc, "error", fields={"exit_code": 1})
+        db.put(doc)
+
+    r = cli("reset", "--state", "todo")
+    assert r.returncode == 3 and "cannot become todo" in r.stderr
+    r = cli("reset", "--state", "error", "--dry-run")
+    assert r.returncode == 0 and "4 matched, 4 would be reset" in r.stdout
+    assert db.get("demo_00")["state"] == "error"
+    out = json.loads(cli("reset", "--state", "error", "--type", "demo", "--json").stdout)
+    assert out["changed"] == 4 and out["conflicts"] == 0 and out["dry_run"] is False
+    doc = db.get("demo_00")
+    assert doc["state"] == "todo" and doc["attempts"] == 1 and doc["exit_code"] is None
+
+    r = cli("delete", "--type", "demo")
+    assert r.returncode == 2 and "--yes" in r.stderr
+    r = cli("delete", "--type", "demo", "--yes")
+    assert r.returncode == 1 and "1 locked token" in r.stderr and "--force" in r.stderr
+    assert json.loads(cli("status", "--json").stdout)["total"] == 20
+    r = cli("delete", "--type", "demo", "--state", "todo", "--yes")
+    assert r.returncode == 0 and "19 matched, 19 deleted" in r.stdout
+    r = cli("delete", "--type", "demo", "--yes", "--force")
+    assert r.returncode == 0 and "1 deleted" in r.stdout
+    assert cli("status").stdout.strip() == f"no tokens in database {cli.dbname}"
+
+
+def test_bad_config_exit_code_and_nothing_written(cli, server, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("type: demo\ncommand: [python3]\nfiles: {list: links.txt}\n")
+    (tmp_path / "links.txt").write_text("srm://h.org/L1_SB000_uv.MS\nnot-a-url\n\nftp://h/x\n")
+    r = cli("create", str(bad))
+    assert r.returncode == 2
+    assert "links.txt" in r.stderr and "line(s) 2, 4" in r.stderr
+    assert r.stderr.count("\n") == 1  # one line, no traceback
+    assert not server.database(cli.dbname).exists()
+    r = cli("create", "configs/nowhere.yaml")
+    assert r.returncode == 2 and "token config not found" in r.stderr
+
+
+def test_files_override(cli, server, tmp_path):
+    (tmp_path / "other.txt").write_text("".join(
+        f"srm://srm.example.org:8443/pnfs/lofar/L777777_SB{s:03d}_uv.MS.tar\n" for s in range(25)))
+    r = cli("create", str(ROOT / "configs/lofar_example.yaml"), "--files", "other.txt", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "3 created" in r.stdout
+    ids = sorted(x["id"] for x in json.loads(cli("list", "--json").stdout))
+    assert ids == ["lofar_calib_L777777_SB000", "lofar_calib_L777777_SB010",
+                   "lofar_calib_L777777_SB020"]
+
+
+def test_wrong_password_is_clear_and_secret_free(cli, server):
+    assert cli("create", "configs/sweep_example.yaml").returncode == 0
+    secret = "Wr0ng-Pa55w0rd-XYZ"
+    for args in (["status"], ["list"], ["create", "configs/sweep_example.yaml"]):
+        r = cli(*args, env_extra={"LRT_COUCH_PASSWORD": secret})
+        assert r.returncode == 4, (args, r.stderr)
+        assert "CouchDB refused user" in r.stderr and "LRT_COUCH_PASSWORD" in r.stderr
+        assert secret not in r.stdout + r.stderr
+        assert "Traceback" not in r.stderr

@@ -1,0 +1,232 @@
+"""Bulk creation and bulk changes against the real local server."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from lrt import states
+from lrt.errors import ConfigError, LrtError, TransitionError
+from lrt.states import State
+from lrt.tokens import Token, TokenList, TokenSet, status_counts
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: every field of token schema v1 (COMMON brief / docs/tokens.md)
+SCHEMA_FIELDS = {
+    "_id", "kind", "schema", "type", "state", "priority", "created", "updated", "tokenset",
+    "attempts", "max_attempts", "retry", "not_before", "expected_duration", "timeout", "command",
+    "sandbox", "payload", "inputs", "outputs", "needs_staging", "lease", "pilot", "host",
+    "batch_job", "exit_code", "error", "timings", "output", "log_tail", "history",
+    "cancel_requested",
+}
+
+
+def token_docs(db):
+    """All non-design documents of ``db``."""
+    return [r for r in db.all_docs()["rows"] if not r["id"].startswith("_design/")]
+
+
+def sweep_config(tmp_path, n: int, name: str = "s") -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(f"type: sw\ncommand: [python3, x.py]\nid: 'sw_{{i:06d}}'\n"
+                 f"sweep: {{i: {{range: [0, {n}]}}}}\n")
+    return p
+
+
+def test_lofar_tokens_have_schema_and_attachment(db):
+    ts = TokenSet.from_config(ROOT / "configs/lofar_example.yaml")
+    res = ts.create(db, batch_size=3)
+    assert (res.created, res.present, res.failed) == (4, 0, 0)
+    docs = {r["id"]: db.get(r["id"]) for r in token_docs(db)}
+    assert len(docs) == 4
+    for doc in docs.values():
+        assert SCHEMA_FIELDS <= set(doc), SCHEMA_FIELDS - set(doc)
+        assert doc["kind"] == "token" and doc["schema"] == 1 and doc["attempts"] == 0
+        assert doc["state"] == "staging" and doc["needs_staging"] is True
+        assert doc["lease"] is None and doc["history"] == []
+        assert doc["retry"] == {"backoff": 60.0, "payload_errors": False}
+        # the srm.txt attachment is exactly the token's slice of links, in subband order
+        att = db.get_attachment(doc["_id"], "srm.txt").decode()
+        assert att.splitlines() == [i["url"] for i in doc["inputs"]]
+        assert all(i["checksum"] is None for i in doc["inputs"])
+    gap = docs["lofar_calib_L654321_SB010"]
+    assert gap["payload"]["missing"] == [12, 13]
+    assert [u["url"].split("/")[-1][:13] for u in gap["inputs"]] == [
+        f"L654321_SB{s:03d}" for s in (10, 11, 14, 15, 16, 17, 18, 19)]
+    src = (ROOT / "configs/lofar_example_srm.txt").read_text()
+    assert all(u["url"] in src for u in gap["inputs"])
+
+
+def test_creation_is_idempotent(db):
+    ts = TokenSet.from_config(ROOT / "configs/sweep_example.yaml")
+    assert ts.create(db).created == 12
+    revs = {r["id"]: r["value"]["rev"] for r in token_docs(db)}
+    again = TokenSet.from_config(ROOT / "configs/sweep_example.yaml").create(db, batch_size=5)
+    assert (again.created, again.present, again.failed) == (0, 12, 0)
+    assert {r["id"]: r["value"]["rev"] for r in token_docs(db)} == revs
+
+
+def test_concurrent_creators_make_each_token_once(db, tmp_path):
+    cfg = sweep_config(tmp_path, 600)
+    results = []
+
+    def run():
+        results.append(TokenSet.from_config(cfg).create(db, batch_size=50))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r.created for r in results) == 600
+    assert all(r.created + r.present == 600 and r.failed == 0 for r in results)
+    rows = token_docs(db)
+    assert len(rows) == 600 and all(r["value"]["rev"].startswith("1-") for r in rows)
+
+
+@pytest.mark.parametrize("case", ["yaml", "unknown_key", "missing_list", "bad_links", "collision",
+                                  "placeholder"])
+def test_bad_config_writes_nothing(db, tmp_path, case):
+    (tmp_path / "ok.txt").write_text("".join(
+        f"srm://h.example.org/L5_SB{s:03d}_uv.MS.tar\n" for s in range(10)))
+    (tmp_path / "bad.txt").write_text("".join(
+        f"srm://h.example.org/L5_SB{s:03d}_uv.MS.tar\n" for s in range(10)) + "oops\n")
+    texts = {
+        "yaml": "type: t\ncommand: [a]\nsweep: {a: [1, 2}\n",
+        "unknown_key": "type: t\ncommand: [a]\nfiles: {list: ok.txt}\nswep: {a: [1]}\n",
+        "missing_list": "type: t\ncommand: [a]\nfiles: {list: nowhere.txt}\n",
+        "bad_links": "type: t\ncommand: [a]\nfiles: {list: bad.txt, per_token: 2}\n",
+        # the collision is only found after 2000 ids: nothing may have been written by then
+        "collision": "type: t\ncommand: [a]\nid: 'c_{i}'\nsweep: {i: {range: [2000]}, j: [1, 2]}\n",
+        "placeholder": "type: t\ncommand: [a]\nfiles: {list: ok.txt}\nid: '{obsid}_{sb}'\n",
+    }
+    p = tmp_path / "c.yaml"
+    p.write_text(texts[case])
+    with pytest.raises(ConfigError):
+        TokenSet.from_config(p).create(db, batch_size=10)
+    assert token_docs(db) == []
+
+
+def test_streaming_creation_of_10k_tokens(db, tmp_path):
+    ts = TokenSet.from_config(sweep_config(tmp_path, 10_000))
+    seen = []
+    res = ts.create(db, batch_size=1000, progress=lambda done, total: seen.append((done, total)))
+    assert (res.created, res.present, res.failed) == (10_000, 0, 0)
+    assert seen[-1] == (10_000, 10_000) and len(seen) == 10
+    assert db.info()["doc_count"] == 10_000 + 2  # + the two design documents
+    # (no view query here: the local server takes ~20 s to index 10^4 tokens)
+
+
+def test_resumed_and_overlapping_creation(db, tmp_path):
+    """Existing ids are skipped whether the existence check sees them or a 409 reports them."""
+    head = tmp_path / "head.yaml"
+    head.write_text("type: sw\ncommand: [a]\nid: 'sw_{i:06d}'\nsweep: {i: {range: [0, 250]}}\n")
+    tail = tmp_path / "tail.yaml"
+    tail.write_text("type: sw\ncommand: [a]\nid: 'sw_{i:06d}'\nsweep: {i: {range: [500, 600]}}\n")
+    assert TokenSet.from_config(head).create(db).created == 250
+    assert TokenSet.from_config(tail).create(db).created == 100
+    revs = {r["id"]: r["value"]["rev"] for r in token_docs(db)}
+    res = TokenSet.from_config(sweep_config(tmp_path, 600)).create(db, batch_size=100)
+    assert (res.created, res.present, res.failed) == (250, 350, 0)
+    rows = token_docs(db)
+    assert len(rows) == 600
+    assert all(revs.get(r["id"], r["value"]["rev"]) == r["value"]["rev"] for r in rows)
+
+
+def test_views_count_mixed_states_and_bulk_changes(db, tmp_path):
+    TokenSet.from_config(sweep_config(tmp_path, 30)).create(db)
+    TokenSet.from_config(ROOT / "configs/lofar_example.yaml").create(db)
+    for i in range(10):
+        doc = db.get(f"sw_{i:06d}")
+        states.apply(doc, "locked", fields={"lease": {"pilot": "p1"}})
+        dst = "done" if i < 6 else "error"
+        states.apply(doc, dst, fields={"exit_code": 0 if dst == "done" else 1,
+                                       "attempts": 1} if dst == "error" else {"attempts": 1})
+        db.put(doc)
+    assert status_counts(db) == {"sw": {"todo": 20, "done": 6, "error": 4},
+                                 "lofar_calib": {"staging": 4}}
+    assert TokenList(db, "error", "sw").count() == 4
+    assert list(TokenList(db, "done").ids()) == [f"sw_{i:06d}" for i in range(6)]
+
+    # reset: error -> todo, clears exit code and lease, keeps attempts
+    res = TokenList(db, "error", "sw", page_size=3).reset()
+    assert (res.matched, res.changed, res.conflicts) == (4, 4, 0)
+    doc = db.get("sw_000009")
+    assert doc["state"] == "todo" and doc["exit_code"] is None and doc["lease"] is None
+    assert doc["attempts"] == 1 and doc["last_transition"]["from"] == "error"
+    # a reset of todo tokens is an illegal transition: refused before any write
+    with pytest.raises(TransitionError):
+        TokenList(db, "todo", "sw").reset()
+    assert status_counts(db)["sw"] == {"todo": 24, "done": 6}
+
+    # update keeps attachments (stubs are written back) and never touches state
+    assert TokenList(db, "staging", "lofar_calib").update({"priority": 99}).changed == 4
+    doc = db.get("lofar_calib_L654321_SB000")
+    assert doc["priority"] == 99 and doc["state"] == "staging"
+    assert db.get_attachment(doc["_id"], "srm.txt").decode().count("\n") == 10
+    with pytest.raises(LrtError, match="cannot set state"):
+        TokenList(db, "staging").update({"state": "todo"})
+
+    # delete
+    res = TokenList(db, "done", "sw").delete()
+    assert res.changed == 6 and status_counts(db)["sw"] == {"todo": 24}
+
+
+def test_bulk_change_skips_tokens_changed_meanwhile(db, tmp_path):
+    TokenSet.from_config(sweep_config(tmp_path, 5)).create(db)
+    for i in range(5):
+        doc = db.get(f"sw_{i:06d}")
+        states.apply(doc, "cancelled")
+        db.put(doc)
+    tl = TokenList(db, "cancelled", "sw")
+
+    def change(tok: Token):
+        if tok.id == "sw_000002":  # a pilot (here: another writer) changes it under us
+            other = db.get(tok.id)
+            other["payload"]["touched"] = True
+            db.put(other)
+        tok.transition("todo", reason="reset")
+        return tok
+
+    res = tl._bulk(change, dry_run=False)
+    assert (res.matched, res.changed, res.conflicts) == (5, 4, 1)
+    kept = db.get("sw_000002")
+    assert kept["state"] == "cancelled" and kept["payload"]["touched"] is True
+
+
+def test_delete_refuses_locked_tokens_without_force(db, tmp_path):
+    TokenSet.from_config(sweep_config(tmp_path, 3)).create(db)
+    doc = db.get("sw_000001")
+    states.apply(doc, "locked")
+    db.put(doc)
+    with pytest.raises(LrtError, match="1 locked token"):
+        TokenList(db, None, "sw").delete()
+    with pytest.raises(LrtError, match="locked"):
+        TokenList(db, "locked", "sw").reset()
+    assert len(token_docs(db)) == 3
+    assert TokenList(db, "todo", "sw").delete().changed == 2  # other states: no question asked
+    assert TokenList(db, None, "sw").delete(force=True).changed == 1
+    assert token_docs(db) == []
+
+
+def test_illegal_transitions_are_refused():
+    doc = Token({"_id": "x", "state": "todo"})
+    with pytest.raises(TransitionError, match="a todo token cannot become done"):
+        doc.transition("done")
+    assert doc["state"] == "todo"
+    with pytest.raises(TransitionError, match="unknown state"):
+        states.check("todo", "finished")
+    doc.transition(State.LOCKED).transition(State.DONE)
+    assert doc.state is State.DONE
+    with pytest.raises(TransitionError):
+        doc.transition(State.LOCKED)
+
+
+def test_token_load(db):
+    db.put({"_id": "notatoken", "kind": "sandbox"})
+    with pytest.raises(LrtError, match="not an lrt token"):
+        Token.load(db, "notatoken")
+    with pytest.raises(LrtError, match="no token 'nope'"):
+        Token.load(db, "nope")
