@@ -203,7 +203,13 @@ xrd.allow host 127.0.0.1
         shutil.rmtree(base, ignore_errors=True)
 
 
-def put_on_tape(srv: XrdServer, rel: str, data: bytes, delay: Optional[float] = None,
+@pytest.fixture
+def put_on_tape():
+    """``put_on_tape(server, rel, data, delay=None, fail=None)`` -> root:// URL."""
+    return _put_on_tape
+
+
+def _put_on_tape(srv: XrdServer, rel: str, data: bytes, delay: Optional[float] = None,
                 fail: Optional[str] = None) -> str:
     """Write a file that exists only on the emulated tape; returns its root:// URL."""
     assert srv.tape is not None
