@@ -277,6 +277,14 @@ class SrmList(list):
                              f"{', '.join(ids) or 'none'}")
         return ids[0]
 
+    def convert(self, form: str, sites: Optional[object] = None) -> List[str]:
+        """The links rewritten for another door of their site (``gsiftp``, ``https``,
+        ``root``, ``gfal``, ...); delegates to :mod:`lrt.staging.sites` (``sites``: a
+        ``Sites`` registry, default the built-in LTA sites plus any loaded YAML)."""
+        from .sites import convert_all
+
+        return convert_all(self.urls, form, sites)  # type: ignore[arg-type]
+
     def subband_index(self, per_chunk: int, first: Optional[int] = None,
                       last: Optional[int] = None) -> SubbandIndex:
         """The :class:`SubbandIndex` of this list (see :func:`build_index`)."""

@@ -83,3 +83,12 @@ def test_bad_sites_yaml_changes_nothing(tmp_path, text, msg):
     with pytest.raises(ConfigError, match=msg):
         load_sites(f, reg)
     assert reg.names() == before
+
+
+def test_srmlist_convert_delegates_to_sites():
+    from lrt.staging.srmlist import SrmList
+
+    lst = SrmList([SARA, JUELICH])
+    assert lst.convert("gsiftp") == [Sites().convert(SARA, "gsiftp"), Sites().convert(JUELICH, "gsiftp")]
+    with pytest.raises(SiteError, match="juelich has no root door"):
+        lst.convert("root")
