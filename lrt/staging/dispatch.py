@@ -33,6 +33,8 @@ from .gfal import Gfal
 log = logging.getLogger("lrt.staging")
 
 STAGING_FAILED = errorcodes.get("STAGING_FAILED")
+#: documents per _bulk_docs write
+WRITE_BATCH = 500
 
 
 def staging_tokens(db: Database, token_type: Optional[str] = None) -> Iterable[Dict[str, Any]]:
@@ -120,7 +122,9 @@ class Stager:
                     result["staging"] += 1
             if not writes:
                 break
-            res = self.db.bulk_docs(writes)
+            res: Dict[str, Dict[str, Any]] = {}
+            for i in range(0, len(writes), WRITE_BATCH):
+                res.update(self.db.bulk_docs(writes[i:i + WRITE_BATCH]))
             retry: Dict[str, Dict[str, Any]] = {}
             for doc in writes:
                 r = res.get(doc["_id"], {})

@@ -88,6 +88,17 @@ def test_without_gfal2_stage_commands_say_so_in_one_line(tmp_path, lrt_cmd):
                            timeout=60)
         assert r.returncode == 5, (args, r.stderr)
         assert r.stderr.count("\n") == 1 and "gfal2" in r.stderr and "Traceback" not in r.stderr
+    # the pilot's stage-in/out fail the token with their own codes and say why
+    probe = ("from lrt.staging import pilot; from lrt.errors import StagingError\n"
+             "for f, a in ((pilot.stage_in, ({'inputs': [{'url': 'root://h//x'}]}, '.')),\n"
+             "             (pilot.stage_out, ({'outputs': {'dest': 'root://h//o', 'globs': ['list.txt']}},\n"
+             "                                '.', 'att', lambda: True))):\n"
+             "    try:\n        f(*a)\n    except StagingError as e:\n        print(e.code, e)\n")
+    r = subprocess.run([lrt_cmd[0], "-c", probe], capture_output=True, text=True, env=env,
+                       cwd=str(tmp_path), timeout=60)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) == 2, r.stderr
+    assert lines[0].startswith("21 ") and lines[1].startswith("30 ") and "gfal2" in r.stdout
     # everything else still works without gfal2
     r = subprocess.run(lrt_cmd + ["--help"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 0 and "stage" in r.stdout
