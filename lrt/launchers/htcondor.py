@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LrtError
 from . import (Connection, password_file_for, LaunchError, check_no_secret, find_template, launch_dir, new_launch_id,
                record_launch, render, submit_env)
 from .wrapper import plain, render_wrapper
@@ -77,6 +77,8 @@ def render_files(conn: Connection, opts: CondorOptions, folder: Path, launch_id:
 
 def launch(db: Any, conn: Connection, opts: CondorOptions, out=print) -> Optional[Dict[str, Any]]:
     """Write the files; submit and record when ``condor_submit`` exists, else say how."""
+    if shutil.which("condor_submit") and db is not None:
+        db.info()  # the record must be writable: find out before submitting
     launch_id = new_launch_id("htcondor")
     folder_name = Path(opts.base_dir).expanduser().resolve() if opts.base_dir else None
     # render against the final folder path first, so bad input writes nothing
@@ -88,7 +90,7 @@ def launch(db: Any, conn: Connection, opts: CondorOptions, out=print) -> Optiona
     (folder / "pilot.sh").write_text(files["wrapper"])
     (folder / "pilot.sh").chmod(0o700)
     (folder / "pilot.sub").write_text(files["sub"])
-    if shutil.which("condor_submit") is None:
+    if shutil.which("condor_submit") is None or db is None:
         out(f"wrote {folder}/pilot.sub and pilot.sh; condor_submit is not installed here, "
             f"so nothing was submitted. On a submit host run: condor_submit {folder}/pilot.sub")
         return None
@@ -99,10 +101,13 @@ def launch(db: Any, conn: Connection, opts: CondorOptions, out=print) -> Optiona
         raise LaunchError(f"condor_submit failed (exit {res.returncode}): {res.stderr.strip()}")
     m = re.match(r"\s*(\d+)\.", res.stdout)
     cluster = m.group(1) if m else None
-    return record_launch(db, launch_id, "htcondor", cluster, opts.pilots, opts.token_type,
-                         files["template_text"], dir=str(folder), template=str(files["template_path"]),
-                         credentials="file", options={"cpus": opts.cpus, "mem": opts.mem,
-                                                      "pilot_args": opts.pilot_args})
+    try:
+        return record_launch(db, launch_id, "htcondor", cluster, opts.pilots, opts.token_type,
+                             files["template_text"], dir=str(folder), template=str(files["template_path"]),
+                             credentials="file", options={"cpus": opts.cpus, "mem": opts.mem,
+                                                          "pilot_args": opts.pilot_args})
+    except LrtError as exc:
+        raise LaunchError(f"submitted HTCondor cluster {cluster} but could not record the launch: {exc}") from None
 
 
 def queue_counts(cluster: str) -> Optional[Tuple[int, int]]:

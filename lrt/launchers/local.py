@@ -51,6 +51,7 @@ def launch(db: Any, conn: Connection, pilots: int, token_type: Optional[str], ex
     """Start ``pilots`` detached pilot processes and record them."""
     if pilots < 1:
         raise ConfigError("--pilots must be at least 1")
+    db.info()  # the record must be writable: find out before starting anything
     argv_tail = ["pilot"] + pilot_args(token_type, extra_args)
     cmd = lrt_command(lrt)
     argv = shlex.split(cmd["lrt"]) + argv_tail

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LrtError
 from . import (Connection, LaunchError, check_no_secret, common_variables, find_template, launch_dir,
                launch_records, lrt_command, new_launch_id, password_file_for, pilot_args, q,
                record_launch, render, submit_env)
@@ -131,9 +131,11 @@ def sbatch_argv(r: Rendered, folder: Path) -> List[str]:
 
 def submit(db: Any, conn: Connection, opts: SlurmOptions, extra_record: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Render, write, ``sbatch``, record; returns the launch document."""
-    r = render_script(conn, opts)
     if shutil.which("sbatch") is None:
         raise LaunchError("sbatch not found: is this a Slurm submit host? (--dry-run shows the script)")
+    # the database must take the record: find out before anything is submitted
+    db.info()
+    r = render_script(conn, opts)
     folder = launch_dir(r.launch_id, opts.base_dir)
     script_path = folder / "pilot.sh"
     script_path.write_text(r.script)
@@ -159,8 +161,12 @@ def submit(db: Any, conn: Connection, opts: SlurmOptions, extra_record: Optional
                     "throttle": opts.throttle, "pilot_args": opts.pilot_args},
     }
     record.update(extra_record or {})
-    return record_launch(db, r.launch_id, "slurm", batch_id, opts.pilots, opts.token_type, r.template_text,
-                         **record)
+    try:
+        return record_launch(db, r.launch_id, "slurm", batch_id, opts.pilots, opts.token_type, r.template_text,
+                             **record)
+    except LrtError as exc:
+        raise LaunchError(f"submitted Slurm job {batch_id} ({opts.pilots} pilots, logs in {folder}) but could "
+                          f"not record the launch: {exc}") from None
 
 
 # ---------------------------------------------------------------------------
