@@ -2,6 +2,7 @@
 against the real local CouchDB-API server and real gfal2 (mock plug-in, tape XRootD)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -120,3 +121,23 @@ def test_conflict_is_reread_and_redecided(gfal2, db):
     assert res["todo"] == 1
     assert db.get("c1")["state"] == "cancelled"  # the user's change wins; not overwritten
     assert db.get("c2")["state"] == "todo"
+
+
+def test_status_and_request_by_token_type(gfal2, couch, db, lrt_cmd):
+    db.bulk_docs([token("s1", [mock("L20_SB000.tar"), mock("L20_SB001.tar")]),
+                  token("s2", [mock("L20_SB001.tar"), mock("L20_SB002.tar", "&staging_errno=2")]),
+                  token("s3", [mock("L21_SB000.tar")], ttype="other", state="todo")])
+    env = couch.env(db.name)
+    env["PYTHONPATH"] = ROOT
+    r = subprocess.run(lrt_cmd + ["stage", "status", "--type", "calib", "--json"], capture_output=True,
+                       text=True, env=env, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["total"] == 3 and out["counts"] == {"NEARLINE": 3}  # shared input counted once
+    r = subprocess.run(lrt_cmd + ["stage", "request", "--type", "calib", "--wait", "--interval", "0.2"],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert r.returncode == 1  # one file failed: said so, per file
+    assert "online: 2, failed: 1" in r.stdout and "failed mock://tape.example.org/lofar/L20_SB002.tar" in r.stdout
+    r = subprocess.run(lrt_cmd + ["stage", "status", "--type", "nosuchtype"], capture_output=True,
+                       text=True, env=env, cwd=ROOT, timeout=60)
+    assert r.returncode == 1 and "no token of type 'nosuchtype' has inputs" in r.stderr
