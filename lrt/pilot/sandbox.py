@@ -431,9 +431,9 @@ def fetch(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] 
     sha256 = check_sha256(sha256)
     cache_dir = Path(cache_dir)
     final = cache_dir / sha256
+    _prepare_cache(cache_dir)  # also on a cache hit: an untrusted cache is never used
     if final.is_dir():
         return FetchResult(final)
-    _prepare_cache(cache_dir)
     result = FetchResult(final)
     with _Lock(cache_dir / f".{sha256}.lock"):
         if final.is_dir():  # another pilot finished while we waited
@@ -442,9 +442,13 @@ def fetch(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] 
         if not archive.exists():  # verified archives only ever get this name
             fd, tmp = tempfile.mkstemp(prefix=f".{sha256[:12]}-", suffix=".part", dir=cache_dir)
             try:
-                with os.fdopen(fd, "wb") as fh:
-                    writer = _HashingWriter(fh)
-                    _download_to(db, sha256, url, writer)  # type: ignore[arg-type]
+                try:
+                    with os.fdopen(fd, "wb") as fh:
+                        writer = _HashingWriter(fh)
+                        _download_to(db, sha256, url, writer)  # type: ignore[arg-type]
+                except OSError as exc:  # e.g. the node's disk is full
+                    raise SandboxError(f"sandbox {sha256[:12]}: writing the download into {cache_dir} "
+                                       f"failed: {exc}") from None
                 got = writer.hash.hexdigest()
                 if got != sha256:
                     raise SandboxError(f"sandbox {sha256[:12]}: downloaded {writer.size} bytes "
@@ -458,7 +462,11 @@ def fetch(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] 
                     os.unlink(tmp)
         tmpdir = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", suffix=".x", dir=cache_dir))
         try:
-            extract(archive, tmpdir)
+            try:
+                extract(archive, tmpdir)
+            except OSError as exc:
+                raise SandboxError(f"sandbox {sha256[:12]}: extracting into {cache_dir} failed: {exc}"
+                                   ) from None
             try:
                 os.rename(tmpdir, final)
                 result.extracted = True

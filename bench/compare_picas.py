@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""lrt vs picas 1.1.2: the same workload, the same server, the same run.
+
+    python3 bench/compare_picas.py [--tokens 2000] [--pilots 8,32] [--systems picas,lrt]
+
+For each pilot count and each system: a fresh database on one local server
+(lrt.server.LocalServer, started here on a free loopback port), N no-op tokens,
+N pilots started at once, each payload appending its token id to that pilot's
+own file. Reported per run:
+
+* tokens/s over the drain (first payload to last payload, from the output
+  files' appearance and mtimes) and end to end (launch to last pilot exit,
+  including interpreter start-up and lrt's idle-exit wait);
+* tokens executed more than once, and never;
+* HTTP requests per token, counted inside each pilot (couchdb-python's
+  ``Session.request`` for picas; ``lrt.couch.Server.requests_sent`` for lrt);
+* server CPU seconds per token: utime+stime of the server process from
+  /proc/<pid>/stat before and after.
+
+picas runs from bench/.venv-picas (created here from bench/requirements-picas.txt
+on first use); it is never a dependency of lrt. Both systems' payload is the
+same command, ``sh -c 'echo "$ID" >> "$FILE"'``.
+
+lrt's pilots are ``python -m lrt.cli pilot --type bench --idle-exit 2``, run
+through a two-line wrapper that sums ``requests_sent`` at exit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from lrt import design  # noqa: E402
+from lrt.couch import Database, Server  # noqa: E402
+from lrt.server import LocalServer, free_port  # noqa: E402
+
+VENV = HERE / ".venv-picas"
+VENV_PY = VENV / "bin" / "python"
+PAYLOAD = 'echo "$LRT_TOKEN_ID" >> "$BENCH_OUT"'
+
+# Runs `lrt` as `python -m lrt.cli` does, and writes the HTTP request count at exit.
+LRT_WRAPPER = r"""
+import atexit, json, os, runpy, sys
+import lrt.couch as couch
+servers = []
+_init = couch.Server.__init__
+def _tracking_init(self, *a, **kw):
+    _init(self, *a, **kw)
+    servers.append(self)
+couch.Server.__init__ = _tracking_init
+@atexit.register
+def _dump():
+    with open(os.environ["BENCH_REQ_FILE"], "w") as fh:
+        json.dump({"requests": sum(s.requests_sent for s in servers)}, fh)
+sys.argv = ["lrt"] + sys.argv[1:]
+runpy.run_module("lrt.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def ensure_picas_venv() -> None:
+    if VENV_PY.exists() and subprocess.run([str(VENV_PY), "-c", "import picas, couchdb"],
+                                           capture_output=True).returncode == 0:
+        return
+    print(f"creating {VENV} with picas (one time)...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    subprocess.run([str(VENV_PY), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    "-r", str(HERE / "requirements-picas.txt")], check=True)
+
+
+def server_cpu(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def lrt_token(i: int, now: float) -> Dict[str, Any]:
+    """A token as COMMON.md's schema v1 defines it."""
+    return {"_id": f"bench-{i:05d}", "kind": "token", "schema": 1, "type": "bench", "state": "todo",
+            "priority": 0, "created": now, "updated": now, "tokenset": "bench", "attempts": 0,
+            "max_attempts": 3, "retry": {"backoff": 30, "payload_errors": False}, "not_before": None,
+            "expected_duration": None, "timeout": None, "command": ["sh", "-c", PAYLOAD],
+            "sandbox": None, "payload": {}, "inputs": [], "outputs": None, "needs_staging": False,
+            "lease": None, "pilot": None, "host": None, "batch_job": None, "exit_code": None,
+            "error": None, "timings": {}, "output": [], "log_tail": None, "history": [],
+            "cancel_requested": False}
+
+
+def setup_lrt(db: Database, n: int) -> None:
+    design.install(db)
+    now = time.time()
+    for _batch, res in db.save_batches((lrt_token(i, now) for i in range(n)), 1000):
+        if res.errors or res.conflicts:
+            raise SystemExit(f"lrt setup: {len(res.errors) + len(res.conflicts)} tokens not saved")
+    db.view("lrt-claim", "todo", limit=1)  # build the claim index before the clock starts
+    db.view("lrt", "tokens", limit=1, reduce=False)
+
+
+def setup_picas(srv: LocalServer, db: Database, n: int) -> None:
+    env = dict(os.environ, BENCH_COUCH_PASSWORD=srv.password)
+    subprocess.run([str(VENV_PY), str(HERE / "picas_pilot.py"), "setup", srv.url, db.name, srv.user,
+                    str(n)], env=env, check=True)
+    db.view("Monitor", "todo", limit=1)  # build the index before the clock starts
+
+
+def launch(system: str, srv: LocalServer, db: Database, k: int, out: Path) -> subprocess.Popen:
+    outfile, reqfile = out / f"pilot-{k:03d}.ids", out / f"pilot-{k:03d}.req.json"
+    if system == "picas":
+        env = dict(os.environ, BENCH_COUCH_PASSWORD=srv.password)
+        cmd = [str(VENV_PY), str(HERE / "picas_pilot.py"), "pilot", srv.url, db.name, srv.user,
+               str(outfile), str(reqfile)]
+        cwd = str(out)
+    else:
+        env = dict(os.environ, LRT_COUCH_URL=srv.url, LRT_COUCH_USER=srv.user,
+                   LRT_COUCH_PASSWORD=srv.password, LRT_COUCH_DB=db.name,
+                   LRT_CONFIG="/nonexistent/lrt-config.yaml", BENCH_OUT=str(outfile),
+                   BENCH_REQ_FILE=str(reqfile), PYTHONPATH=str(ROOT))
+        cmd = [sys.executable, "-c", LRT_WRAPPER, "pilot", "--type", "bench", "--idle-exit", "2",
+               "--workdir", str(out / f"work-{k:03d}"), "--stats", str(out / f"pilot-{k:03d}.stats.json")]
+        cwd = str(ROOT)
+    log = open(out / f"pilot-{k:03d}.log", "wb")
+    try:
+        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    finally:
+        log.close()
+
+
+def count_done(system: str, db: Database) -> Dict[str, int]:
+    rows = db.all_docs(include_docs=True)["rows"]
+    c: Counter = Counter()
+    for r in rows:
+        d = r.get("doc") or {}
+        if system == "picas" and d.get("type") == "token":
+            c["done" if d.get("done", 0) > 0 else ("locked" if d.get("lock", 0) > 0 else "todo")] += 1
+        elif system == "lrt" and d.get("kind") == "token":
+            c[d.get("state", "?")] += 1
+    return dict(c)
+
+
+def run_one(system: str, srv: LocalServer, admin: Server, n_tokens: int, n_pilots: int,
+            base: Path, timeout: float) -> Dict[str, Any]:
+    db = admin.database(f"bench_{system}_{n_pilots}_{secrets.token_hex(3)}")
+    db.create()
+    if system == "picas":
+        setup_picas(srv, db, n_tokens)
+    else:
+        setup_lrt(db, n_tokens)
+    out = base / f"{system}-{n_pilots}"
+    out.mkdir()
+    cpu0 = server_cpu(srv.pid)
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    procs = [launch(system, srv, db, k, out) for k in range(n_pilots)]
+    t_first = None
+    deadline = t0 + timeout
+    while any(p.poll() is None for p in procs):
+        if t_first is None and any(out.glob("*.ids")):
+            t_first = time.time()
+        if time.time() > deadline:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            break
+        time.sleep(0.01)
+    for p in procs:
+        p.wait()
+    t_exit = time.time()
+    cpu1 = server_cpu(srv.pid)
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    timed_out = t_exit > deadline
+    ids: Counter = Counter()
+    t_last = t0
+    for f in out.glob("*.ids"):
+        ids.update(line.strip() for line in f.read_text().splitlines() if line.strip())
+        t_last = max(t_last, f.stat().st_mtime)
+    requests = 0
+    extra: Counter = Counter()
+    missing_req = 0
+    for k in range(n_pilots):
+        rf = out / f"pilot-{k:03d}.req.json"
+        if not rf.exists():
+            missing_req += 1
+            continue
+        data = json.loads(rf.read_text())
+        requests += data.get("requests", 0)
+        extra["give_ups"] += data.get("give_ups", 0)
+    rcs = Counter(p.returncode for p in procs)
+    executed = len(ids)
+    doubles = sum(1 for v in ids.values() if v > 1)
+    drain = max(1e-9, t_last - (t_first or t0))
+    res = {
+        "system": system, "pilots": n_pilots, "tokens": n_tokens,
+        "executed_distinct": executed, "never_executed": n_tokens - executed,
+        "executions": sum(ids.values()), "executed_more_than_once": doubles,
+        "drain_s": round(drain, 3), "tokens_per_s": round(n_tokens / drain, 1),
+        "end_to_end_s": round(t_exit - t0, 3), "tokens_per_s_end_to_end": round(n_tokens / (t_exit - t0), 1),
+        "startup_s": round((t_first or t0) - t0, 3),
+        "http_requests_per_token": round(requests / n_tokens, 2) if not missing_req else None,
+        "server_cpu_ms_per_token": round(1000 * (cpu1 - cpu0) / n_tokens, 3),
+        # pilots and their payloads (sh), reaped children of this process
+        "pilot_cpu_ms_per_token": round(1000 * client_cpu / n_tokens, 3),
+        "db_states": count_done(system, db), "pilot_exit_codes": dict(rcs),
+        "picas_claim_give_ups": extra["give_ups"] if system == "picas" else None,
+        "pilots_without_request_count": missing_req, "timed_out": timed_out,
+    }
+    db.delete()
+    return res
+
+
+def fmt_table(results: List[Dict[str, Any]]) -> str:
+    lines = ["| pilots | system | tokens/s (drain) | tokens/s (end to end) | executed >1 | never executed "
+             "| HTTP req/token | server CPU ms/token | pilot+payload CPU ms/token |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['pilots']} | {r['system']} | {r['tokens_per_s']} | {r['tokens_per_s_end_to_end']} "
+                     f"| {r['executed_more_than_once']} | {r['never_executed']} "
+                     f"| {r['http_requests_per_token']} | {r['server_cpu_ms_per_token']} "
+                     f"| {r['pilot_cpu_ms_per_token']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tokens", type=int, default=2000)
+    ap.add_argument("--pilots", default="8,32", help="comma-separated pilot counts")
+    ap.add_argument("--systems", default="picas,lrt")
+    ap.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, id files)")
+    args = ap.parse_args()
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if "picas" in systems:
+        ensure_picas_venv()
+    base = Path(tempfile.mkdtemp(prefix="lrt-bench-picas-"))
+    srv = LocalServer.start(base=base / "server", port=free_port())
+    results = []
+    try:
+        admin = Server(srv.url, srv.user, srv.password)
+        for n_pilots in [int(x) for x in args.pilots.split(",")]:
+            for system in systems:
+                r = run_one(system, srv, admin, args.tokens, n_pilots, base, args.timeout)
+                results.append(r)
+                print(json.dumps(r), flush=True)
+    finally:
+        srv.stop()
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"kept {base}", file=sys.stderr)
+    print()
+    print(fmt_table(results))
+    by = {(r["system"], r["pilots"]): r for r in results}
+    for n in sorted({r["pilots"] for r in results}):
+        if ("picas", n) in by and ("lrt", n) in by:
+            ratio = by[("lrt", n)]["tokens_per_s"] / max(1e-9, by[("picas", n)]["tokens_per_s"])
+            print(f"{n} pilots: lrt/picas tokens/s = {ratio:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
