@@ -53,15 +53,10 @@ def test_slurm_end_time_from_environment():
                                "PATH": "/nonexistent"}) == int(end)
 
 
-def test_slurm_without_scontrol_is_unknown():
+def test_slurm_without_scontrol_is_unknown(monkeypatch):
     # no SLURM_JOB_END_TIME and no scontrol on PATH: None, not an exception
-    import os
-    old = os.environ.get("PATH")
-    os.environ["PATH"] = "/nonexistent"
-    try:
-        assert batch.walltime_end({"SLURM_JOB_ID": "1"}) is None
-    finally:
-        os.environ["PATH"] = old or ""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert batch.walltime_end({"SLURM_JOB_ID": "1"}) is None
 
 
 def test_parse_slurm_time():

@@ -271,6 +271,10 @@ def test_status_counts_queued_and_running(run_lrt, db):
             "--pilot-args", PILOT_ARGS)
     (s,) = launch_summary(db)
     assert (s["submitted"], s["queued"], s["running"]) == (2, 2, 0)
+    listed = json.loads(run_lrt("launch", "list", "--json").stdout)
+    assert [(r["batch_id"], r["submitted"], r["queued"]) for r in listed] == [(s["batch_id"], 2, 2)]
+    table = run_lrt("launch", "list").stdout.splitlines()
+    assert len(table) == 2 and table[1].split()[2:] == ["slurm", s["batch_id"], "nothing", "2", "2", "0"]
     subprocess.run(["scontrol", "release", s["batch_id"]], check=True, capture_output=True)
     wait_for(lambda: launch_summary(db)[0]["running"] >= 1 or not squeue_ids(s["batch_id"]), 60,
              "a pilot to start")
@@ -312,9 +316,13 @@ def test_scancelled_pilots_tokens_are_recovered(signal_name, run_lrt, db, tmp_pa
         # what a user (or the walltime) does: Slurm sends SIGTERM to every process of the job, then SIGKILL
         subprocess.run(["scancel", rec["batch_id"]], check=True, capture_output=True, timeout=30)
     wait_for(lambda: not squeue_ids(rec["batch_id"]), 60, "the cancelled array to leave the queue")
+    # leases of tokens still locked by the dead pilots must run out (server clock) before anyone may reap them
+    expires = [d["lease"]["expires"] for d in tokens(db, ids) if d["state"] == "locked" and d.get("lease")]
+    if expires:
+        wait_for(lambda: db.server.now() > max(expires) + 1.5, 30, "the dead pilots' leases to expire")
     # a fresh local pilot reaps expired leases (or finds the released tokens) and finishes the rest
     run_lrt("pilot", "--type", "victim", *args.split(), timeout=150)
-    assert state_counts(db, "victim") == {"done": 8}, pilot_log_tail(db)
+    assert state_counts(db, "victim") == {"done": 8}, (state_counts(db, "victim"), pilot_log_tail(db))
     lines = marker.read_text().split()
     assert sorted(set(lines)) == sorted(ids)
     # a payload killed mid-sleep never wrote its line; any second line would be a double completion

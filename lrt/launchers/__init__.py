@@ -102,7 +102,8 @@ def find_template(name: str, user_file: Optional[str] = None) -> Path:
     """The template to use: the user's file, else the built-in ``name``.
 
     Built-ins are looked up in ``$LRT_TEMPLATE_DIR``, then the ``launch/``
-    folder of the source tree this package was imported from.
+    folder of the source tree this package was imported from, then
+    ``<sys.prefix>/share/lrt/launch`` (where a wheel's data files land).
     """
     if user_file:
         p = Path(user_file).expanduser()
@@ -113,6 +114,8 @@ def find_template(name: str, user_file: Optional[str] = None) -> Path:
     if os.environ.get("LRT_TEMPLATE_DIR"):
         dirs.append(Path(os.environ["LRT_TEMPLATE_DIR"]).expanduser())
     dirs.append(_source_template_dir())
+    # an installed (non-editable) lrt: templates shipped as data files
+    dirs.append(Path(sys.prefix) / "share" / "lrt" / "launch")
     for d in dirs:
         if (d / name).is_file():
             return (d / name).resolve()
