@@ -1,0 +1,612 @@
+"""The pilot loop: claim a token, run its payload under a lease, report, repeat.
+
+Happy path per token: one ``claim`` request, one ``finish`` request, plus a
+share of one ``todo`` view query (the candidate list is reused for many
+claims).  The lease is renewed only when half of it has passed, so the
+liveness write rate is per pilot and per lease period, not per token.
+
+Safety rules (docs/pilot.md explains them):
+
+* a token is run only under a lease won through the ``claim`` handler;
+* a refused heartbeat/finish (another claim holds the token) kills the
+  payload's process group and the pilot walks away without writing;
+* if the pilot cannot renew before its own estimate of the lease's end, it
+  kills the payload itself (self-fencing) -- another pilot may be about to
+  reap and rerun the token;
+* SIGTERM/SIGINT: the payload group gets SIGTERM (then SIGKILL), the partial
+  logs are kept and the token goes back to ``todo`` at once, not counted;
+* results are never dropped on a 409 or an outage: ``finish`` is repeated
+  (the handler is idempotent by claim id) until it is recorded, the token
+  turns out to belong to someone else, or ``finish_patience`` runs out.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from .. import errorcodes
+from ..couch import CouchConnectionError, CouchError, Database, ServerError
+from ..errors import LrtError
+from .claim import Candidates, Claimed, Stats, TokenClient, reap_expired, resolve_conflicts
+from .run import INLINE_MAX, Payload, capped_log, command_argv, describe_failure, payload_env, write_token_file
+
+log = logging.getLogger("lrt.pilot")
+
+JSON = Dict[str, Any]
+
+_TRANSIENT = (CouchConnectionError, ServerError)
+
+
+@dataclass
+class PilotOptions:
+    """How one pilot behaves (``lrt pilot`` flags map onto these)."""
+
+    token_type: Optional[str] = None
+    max_tokens: Optional[int] = None
+    #: exit after this many seconds without claimable work
+    idle_exit: float = 60.0
+    #: seconds this pilot may run (``--walltime``); the batch job's end is also honoured
+    walltime: Optional[float] = None
+    #: stop claiming / release a running token this long before the walltime ends
+    walltime_margin: Optional[float] = None
+    lease: float = 600.0
+    #: how long past expiry (server clock) a lease is reaped by idle pilots
+    reap_grace: float = 30.0
+    workdir: Optional[Path] = None
+    keep_workdirs: bool = False
+    #: rows fetched per ``todo`` view query
+    batch: int = 100
+    #: seconds between SIGTERM and SIGKILL when stopping a payload
+    term_grace: float = 5.0
+    #: seconds to keep trying to record a result while the server is unreachable
+    finish_patience: Optional[float] = None
+    #: seconds of server outage after which an idle pilot gives up
+    server_patience: float = 900.0
+    #: idle poll interval (seconds, jittered)
+    poll: float = 5.0
+    stats_file: Optional[Path] = None
+    pilot_id: Optional[str] = None
+    #: reap/resolve at most once per this many seconds (default: the lease)
+    housekeeping_interval: Optional[float] = None
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:80] or "token"
+
+
+def _job_info() -> Optional[JSON]:
+    try:
+        from ..batch import job_info
+    except ImportError:  # pragma: no cover - helper C's module missing
+        return None
+    try:
+        return job_info()
+    except Exception:  # never die for lack of this fact
+        return None
+
+
+def _batch_end() -> Optional[float]:
+    try:
+        from ..batch import walltime_end
+    except ImportError:  # pragma: no cover
+        return None
+    try:
+        return walltime_end()
+    except Exception:
+        return None
+
+
+class Pilot:
+    """One pilot process's loop (see the module docstring)."""
+
+    def __init__(self, db: Database, opts: Optional[PilotOptions] = None):
+        self.db = db
+        self.o = opts or PilotOptions()
+        self.host = socket.gethostname()
+        self.id = self.o.pilot_id or f"{self.host}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stats = Stats()
+        self.batch_job = _job_info()
+        self.client = TokenClient(db, self.id, self.host, self.batch_job, self.o.lease, self.stats)
+        self.cands = Candidates(db, self.o.token_type, batch=self.o.batch, stats=self.stats)
+        self.t0 = time.time()
+        ends = [e for e in (_batch_end(), (self.t0 + self.o.walltime) if self.o.walltime else None)
+                if e is not None]
+        self.end: Optional[float] = min(ends) if ends else None
+        if self.o.walltime_margin is not None:
+            self.margin = float(self.o.walltime_margin)
+        elif self.end is not None:
+            self.margin = min(60.0, 0.05 * max(0.0, self.end - self.t0))
+        else:
+            self.margin = 0.0
+        self.stop_signal: Optional[int] = None
+        self.exit_reason = ""
+        self._own_workdir = self.o.workdir is None
+        self.workdir = Path(self.o.workdir) if self.o.workdir else Path(tempfile.mkdtemp(prefix="lrt-pilot-"))
+        self._next_housekeeping = time.monotonic() + random.uniform(0, self._hk_interval())
+        self._last_payload_end: Optional[float] = None
+        self.finish_patience = (self.o.finish_patience if self.o.finish_patience is not None
+                                else max(600.0, 2 * self.o.lease))
+
+    # -- helpers ---------------------------------------------------------------------
+    def _hk_interval(self) -> float:
+        return self.o.housekeeping_interval or max(1.0, min(self.o.lease, 600.0))
+
+    def remaining(self) -> Optional[float]:
+        """Seconds of walltime left for new work (None: unlimited)."""
+        if self.end is None:
+            return None
+        return self.end - time.time() - self.margin
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = signum
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early on a stop signal."""
+        end = time.monotonic() + max(0.0, seconds)
+        while self.stop_signal is None:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.2))
+
+    def _server_now(self) -> float:
+        off = self.db.server.clock_offset
+        return time.time() + (off or 0.0)
+
+    # -- main loop -------------------------------------------------------------------
+    def run(self) -> int:
+        """Work until no work is left (idle_exit), max_tokens, walltime or a signal."""
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._loop()
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            self._write_stats()
+            if self._own_workdir and not self.o.keep_workdirs:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _loop(self) -> int:
+        idle_since: Optional[float] = None
+        down_since: Optional[float] = None
+        backoff = 0.5
+        log.info("pilot %s starting (type=%s, lease=%ss)", self.id, self.o.token_type, self.o.lease)
+        while True:
+            if self.stop_signal is not None:
+                self.exit_reason = f"signal {signal.Signals(self.stop_signal).name}"
+                return 128 + self.stop_signal
+            if self.o.max_tokens is not None and self.stats.tokens >= self.o.max_tokens:
+                self.exit_reason = "max-tokens"
+                return 0
+            remaining = self.remaining()
+            if remaining is not None and remaining <= 0:
+                self.exit_reason = "walltime"
+                return 0
+            try:
+                claimed = self._claim_next(remaining)
+                down_since, backoff = None, 0.5
+            except _TRANSIENT as exc:
+                now = time.monotonic()
+                down_since = down_since or now
+                idle_since = None
+                self._last_payload_end = None
+                if now - down_since > self.o.server_patience:
+                    self.exit_reason = f"server unreachable for {self.o.server_patience:.0f}s"
+                    log.error("%s: %s", self.exit_reason, exc)
+                    return 5
+                log.warning("cannot claim (%s); retrying in %.1fs", exc, backoff)
+                self._sleep(random.uniform(backoff / 2, backoff))
+                backoff = min(backoff * 2, 15.0)
+                continue
+            if claimed is not None:
+                idle_since = None
+                self._process(claimed)
+                self._housekeeping(idle=False)
+                continue
+            # no claimable work right now
+            self._last_payload_end = None
+            now = time.monotonic()
+            idle_since = idle_since if idle_since is not None else now
+            try:
+                if self._housekeeping(idle=True):
+                    continue  # something came back to todo: try again at once
+            except _TRANSIENT:
+                pass
+            idle_for = now - idle_since
+            if idle_for >= self.o.idle_exit:
+                self.exit_reason = "idle"
+                return 0
+            wait = min(self.o.poll, self.o.idle_exit - idle_for)
+            nr = self.cands.next_ready
+            if nr is not None:
+                wait = min(wait, max(0.05, nr - self._server_now()))
+            self._sleep(random.uniform(0.5, 1.0) * wait + 0.05)
+
+    def _claim_next(self, remaining: Optional[float]) -> Optional[Claimed]:
+        for _ in range(50):
+            row = self.cands.pop(self._server_now(), remaining)
+            if row is None:
+                return None
+            c = self.client.claim(row["id"], token_type=self.o.token_type, remaining=remaining)
+            self.cands.note(c is not None)
+            if c is not None:
+                return c
+        return None
+
+    def _housekeeping(self, idle: bool) -> bool:
+        """Reap expired leases and resolve conflicts, at most once per interval.
+
+        Returns True if a token was returned to the queue.
+        """
+        now = time.monotonic()
+        if now < self._next_housekeeping:
+            return False
+        self._next_housekeeping = now + self._hk_interval() * random.uniform(0.8, 1.2)
+        back = False
+        try:
+            for rep in reap_expired(self.client, self.o.reap_grace, limit=100):
+                if rep.get("state") == "todo":
+                    back = True
+                    log.warning("reaped %s (lease of %s expired)", rep["id"], rep.get("pilot"))
+            for rep in resolve_conflicts(self.db, limit=50):
+                self.stats.resolved += 1
+                back = True
+                log.warning("resolved conflicted token %s: kept %s (%s)", rep["id"], rep["kept"], rep["state"])
+        except _TRANSIENT:
+            raise
+        except CouchError as exc:  # e.g. monitoring ddoc missing: not fatal for a pilot
+            log.warning("housekeeping failed: %s", exc)
+        if back:
+            self.cands.invalidate()
+        return back
+
+    # -- one token -------------------------------------------------------------------
+    def _process(self, c: Claimed) -> None:
+        doc = c.doc
+        wd = self.workdir / f"{_safe_name(c.id)}-{c.claim[:8]}"
+        try:
+            wd.mkdir(parents=True, exist_ok=False)
+            self._process_in(c, wd)
+        finally:
+            if not self.o.keep_workdirs:
+                shutil.rmtree(wd, ignore_errors=True)
+
+    def _fail(self, c: Claimed, code_name: str, message: str, payload: Optional[Payload] = None,
+              exit_code: Optional[int] = None) -> None:
+        code = errorcodes.get(code_name)
+        body: JSON = {"outcome": "cancelled" if code_name == "CANCELLED" else "error",
+                      "error": code.error(message), "retryable": code.retry, "exit_code": exit_code}
+        self._report(c, body, payload)
+
+    def _process_in(self, c: Claimed, wd: Path) -> None:
+        doc = c.doc
+        try:
+            argv = command_argv(doc)
+        except ValueError as exc:
+            return self._fail(c, "BAD_TOKEN", str(exc))
+        sandbox_dir: Optional[Path] = None
+        if doc.get("sandbox"):
+            try:
+                from . import sandbox as sbmod
+            except ImportError:
+                return self._fail(c, "SANDBOX_DOWNLOAD", "sandbox support not installed on this node")
+            try:
+                sha, url = sbmod.token_sandbox(doc)
+                cache = Path(os.environ.get("LRT_SANDBOX_CACHE") or sbmod.default_cache_dir())
+                res = self._blocking(c, lambda: sbmod.fetch_sandbox(self.db, sha, cache, url))
+                if res is None:
+                    return
+                sandbox_dir = res
+                argv = sbmod.resolve_command(argv, sandbox_dir)
+            except LrtError as exc:
+                code = getattr(exc, "code", errorcodes.get("SANDBOX_DOWNLOAD").code)
+                return self._fail(c, errorcodes.get(int(code)).name, str(exc))
+        if doc.get("inputs"):
+            try:
+                from ..staging.pilot import stage_in
+            except ImportError:
+                return self._fail(c, "STAGE_IN_FAILED", "staging support not installed")
+            try:
+                if self._blocking(c, lambda: stage_in(doc, wd) or True) is None:
+                    return
+            except LrtError as exc:
+                return self._fail(c, self._code_name(exc, "STAGE_IN_FAILED"), str(exc))
+        write_token_file(doc, wd)
+        env = payload_env(doc, self.id, wd, sandbox=sandbox_dir)
+        try:
+            p = Payload(argv, wd, env)
+        except OSError as exc:
+            return self._fail(c, "COMMAND_NOT_FOUND", f"cannot execute {argv[0]!r}: {exc.strerror or exc}")
+        if self._last_payload_end is not None:
+            self.stats.overheads.append(time.monotonic() - self._last_payload_end)
+        how = self._supervise(c, p)
+        if how == "exited":
+            if p.exit_code == 0:
+                output = None
+                if doc.get("outputs"):
+                    try:
+                        from ..staging.pilot import stage_out
+                    except ImportError:
+                        return self._fail(c, "STAGE_OUT_FAILED", "staging support not installed", p, 0)
+                    try:
+                        output = self._blocking(
+                            c, lambda: stage_out(doc, wd, c.claim, lambda: self._still_holding(c)))
+                        if output is None:
+                            return
+                    except LrtError as exc:
+                        return self._fail(c, self._code_name(exc, "STAGE_OUT_FAILED"), str(exc), p, 0)
+                body: JSON = {"outcome": "done", "exit_code": 0}
+                if output is not None:
+                    body["output"] = output
+                self._report(c, body, p)
+            elif p.signal_number is not None:
+                self._fail(c, "PAYLOAD_SIGNALED", describe_failure(p), p, None)
+            else:
+                self._fail(c, "PAYLOAD_FAILED", describe_failure(p), p, p.exit_code)
+        elif how == "timeout":
+            self._fail(c, "PAYLOAD_TIMEOUT", f"payload ran past its timeout of {doc.get('timeout')}s "
+                       "and was killed (SIGTERM, then SIGKILL)", p, p.exit_code)
+        elif how == "cancelled":
+            self._fail(c, "CANCELLED", "cancelled by a user while running; payload stopped", p, p.exit_code)
+        elif how == "lease_lost":
+            self._fail(c, "LEASE_LOST", "could not renew the lease in time; payload stopped", p, p.exit_code)
+        elif how == "release":
+            self._release(c, p)
+        elif how == "fenced":
+            self.stats.fenced += 1
+            log.warning("token %s is held by another claim now; payload stopped, token left alone", c.id)
+        self._last_payload_end = time.monotonic()
+
+    @staticmethod
+    def _code_name(exc: Exception, default: str) -> str:
+        code = getattr(exc, "code", None)
+        try:
+            return errorcodes.get(int(code)).name  # type: ignore[arg-type]
+        except (TypeError, ValueError, KeyError):
+            return default
+
+    # -- leases ------------------------------------------------------------------------
+    def _renew(self, c: Claimed) -> str:
+        """Heartbeat: 'ok', 'cancel', 'fenced' or 'down' (server unreachable)."""
+        sent = time.monotonic()
+        try:
+            ans = self.client.heartbeat(c.id, c.claim)
+        except _TRANSIENT as exc:
+            log.warning("heartbeat for %s failed: %s", c.id, exc)
+            return "down"
+        if not ans.ok:
+            return "fenced" if ans.reason != "conflict" else "down"
+        c.renewed_mono = sent
+        if ans.rev:
+            c.doc["_rev"] = ans.rev
+        return "cancel" if ans.body.get("cancel_requested") else "ok"
+
+    def _lease_safety(self) -> float:
+        return min(5.0, 0.1 * self.o.lease)
+
+    def _still_holding(self, c: Claimed) -> bool:
+        return self._renew(c) in ("ok", "cancel")
+
+    def _supervise(self, c: Claimed, p: Payload) -> str:
+        """Wait for the payload while keeping the lease; how it ended."""
+        timeout = c.doc.get("timeout")
+        deadline = time.monotonic() + float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None
+        renew_every = self.o.lease / 2.0
+        last_try = 0.0
+        while not p.wait(0.25):
+            now = time.monotonic()
+            if self.stop_signal is not None:
+                p.kill(f"signal {self.stop_signal}", self.o.term_grace)
+                return "release"
+            rem = self.remaining()
+            if rem is not None and rem <= -self.margin / 2:
+                p.kill("walltime", self.o.term_grace)
+                return "release"
+            if deadline is not None and now >= deadline:
+                p.kill("timeout", self.o.term_grace)
+                return "timeout"
+            if now - c.renewed_mono >= renew_every and now - last_try >= min(1.0, renew_every / 4):
+                last_try = now
+                r = self._renew(c)
+                if r == "fenced":
+                    p.kill("fenced", 0.5)
+                    return "fenced"
+                if r == "cancel":
+                    p.kill("cancelled", self.o.term_grace)
+                    return "cancelled"
+                if r == "down" and time.monotonic() - c.renewed_mono > self.o.lease - self._lease_safety():
+                    p.kill("lease lost", 0.5)
+                    return "lease_lost"
+        # finished on its own; a pilot that slept (SIGSTOP) past its lease must not report
+        # before checking it still holds the token -- finish is fenced by claim anyway.
+        return "exited"
+
+    def _blocking(self, c: Claimed, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (sandbox fetch, staging) in a thread while keeping the lease.
+
+        Returns fn's result, or None if the token was lost/cancelled/released
+        meanwhile (then the token has been dealt with already).  Exceptions
+        from ``fn`` propagate.
+        """
+        box: Dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["r"] = fn()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                box["e"] = exc
+
+        t = threading.Thread(target=target, daemon=True)
+        t.start()
+        renew_every = self.o.lease / 2.0
+        while True:
+            t.join(0.25)
+            if not t.is_alive():
+                break
+            if self.stop_signal is not None:
+                self._release(c, None)
+                return None
+            now = time.monotonic()
+            if now - c.renewed_mono >= renew_every:
+                r = self._renew(c)
+                if r == "fenced":
+                    self.stats.fenced += 1
+                    return None
+                if r == "cancel":
+                    self._fail(c, "CANCELLED", "cancelled by a user while preparing")
+                    return None
+                if r == "down" and time.monotonic() - c.renewed_mono > self.o.lease - self._lease_safety():
+                    self._fail(c, "LEASE_LOST", "could not renew the lease in time while preparing")
+                    return None
+        if "e" in box:
+            raise box["e"]
+        return box.get("r")
+
+    # -- reporting ---------------------------------------------------------------------
+    def _logs(self, c: Claimed, p: Optional[Payload], body: JSON) -> bool:
+        """Put logs into ``body`` (tail + inline attachments) or upload large ones first.
+
+        Returns False if the token turned out to be someone else's.
+        """
+        if p is None:
+            return True
+        body["log_tail"] = p.log_tail()
+        body["timings"] = p.timings(self.db.server.clock_offset or 0.0)
+        inline: JSON = {}
+        for path in (p.stdout_path, p.stderr_path):
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            if size == 0:
+                continue
+            if size <= INLINE_MAX:
+                inline[path.name] = {"content_type": "text/plain; charset=utf-8",
+                                     "data": base64.b64encode(path.read_bytes()).decode("ascii")}
+                continue
+            if not self._upload_log(c, capped_log(path), path.name):
+                return False
+        if inline:
+            body["attachments"] = inline
+        return True
+
+    def _upload_log(self, c: Claimed, path: Path, name: str) -> bool:
+        for _ in range(20):
+            try:
+                with open(path, "rb") as fh:
+                    c.doc["_rev"] = self.db.put_attachment(c.id, c.doc["_rev"], name, fh,
+                                                           "text/plain; charset=utf-8")
+                return True
+            except CouchError as exc:
+                if getattr(exc, "status", None) == 409 or isinstance(exc, _TRANSIENT):
+                    try:
+                        cur = self.db.get(c.id)
+                    except _TRANSIENT:
+                        time.sleep(1.0)
+                        continue
+                    if cur.get("state") != "locked" or (cur.get("lease") or {}).get("claim") != c.claim:
+                        return False
+                    c.doc["_rev"] = cur["_rev"]
+                    continue
+                log.warning("could not attach %s to %s: %s", name, c.id, exc)
+                return True
+        return True
+
+    def _report(self, c: Claimed, body: JSON, p: Optional[Payload]) -> None:
+        """Record an outcome with ``finish``, insisting through 409s and outages."""
+        if not self._logs(c, p, body):
+            self.stats.fenced += 1
+            return
+        ans = self._insist(lambda: self.client.finish(c.id, c.claim, body), c.id, "finish")
+        if ans is None:
+            return
+        if ans.ok:
+            self.stats.tokens += 1
+            log.info("token %s -> %s", c.id, ans.body.get("state"))
+        else:
+            self.stats.fenced += 1
+            log.warning("finish of %s refused (%s): another pilot holds it; result not recorded",
+                        c.id, ans.reason)
+
+    def _release(self, c: Claimed, p: Optional[Payload]) -> None:
+        body: JSON = {"message": f"pilot {self.id} stopped "
+                                 f"({'signal ' + signal.Signals(self.stop_signal).name if self.stop_signal else 'walltime'});"
+                                 " token released"}
+        if p is not None:
+            body["log_tail"] = p.log_tail()
+            inline: JSON = {}
+            for path in (p.stdout_path, p.stderr_path):
+                try:
+                    if 0 < path.stat().st_size <= INLINE_MAX:
+                        inline[path.name] = {"content_type": "text/plain; charset=utf-8",
+                                             "data": base64.b64encode(path.read_bytes()).decode("ascii")}
+                except OSError:
+                    pass
+            if inline:
+                body["attachments"] = inline
+        patience = min(self.finish_patience, 30.0)  # we are being stopped: do not linger
+        ans = self._insist(lambda: self.client.release(c.id, c.claim, body), c.id, "release", patience)
+        if ans is not None and ans.ok:
+            log.warning("token %s released (%s)", c.id, ans.body.get("state"))
+
+    def _insist(self, call: Callable[[], Any], doc_id: str, what: str,
+                patience: Optional[float] = None) -> Any:
+        deadline = time.monotonic() + (self.finish_patience if patience is None else patience)
+        delay = 0.5
+        while True:
+            try:
+                ans = call()
+            except _TRANSIENT as exc:
+                self.stats.finish_retries += 1
+                if time.monotonic() > deadline:
+                    log.error("%s of %s not recorded: server unreachable (%s)", what, doc_id, exc)
+                    return None
+                log.warning("%s of %s: %s; retrying in %.1fs", what, doc_id, exc, delay)
+                time.sleep(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, 10.0)
+                continue
+            if not ans.ok and ans.reason == "conflict":  # 409 twenty times in a row: keep going
+                self.stats.finish_retries += 1
+                if time.monotonic() > deadline:
+                    return ans
+                continue
+            return ans
+
+    # -- stats -----------------------------------------------------------------------------
+    def _write_stats(self) -> None:
+        if not self.o.stats_file:
+            return
+        data = self.stats.as_dict()
+        data.update({"pilot": self.id, "requests": self.db.server.requests_sent,
+                     "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                     "elapsed": time.time() - self.t0, "exit_reason": self.exit_reason,
+                     "overhead_samples": self.stats.overheads[:2000]})
+        path = Path(self.o.stats_file)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+
+def pilot_database(settings: Any) -> Database:
+    """The database a pilot talks to: fewer, shorter HTTP retries than admin commands.
+
+    The pilot has its own retry loops (claim, finish, heartbeat) that watch the
+    lease; the HTTP layer must not block one request for minutes.
+    """
+    return settings.database(timeout=(5.0, 60.0), retries=3, max_backoff=4.0)

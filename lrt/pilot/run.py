@@ -1,0 +1,259 @@
+"""Running one payload: work directory, environment, process group, logs, rusage.
+
+The payload is an argument vector from the token, executed without a shell,
+so token content (``;``, ``$(...)``, quotes, newlines) reaches it literally.
+It runs in a session of its own (``start_new_session``) so the pilot can stop
+it *and everything it started* with one ``killpg``; on Linux it also gets
+``PR_SET_PDEATHSIG`` = SIGKILL, so a pilot killed with SIGKILL does not leave
+its payload running while the token is handed to another pilot.  (Processes
+the payload itself forks keep running in that case; batch systems clean up a
+job's process tree, and the lease makes the token safe regardless.)
+
+stdout/stderr go to files in the work directory; the token keeps a bounded
+tail of each and the full logs (capped) are attached to it.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+#: bytes of each stream kept on the token as ``log_tail``
+TAIL_BYTES = 4096
+#: full logs larger than this are attached truncated (head + marker + tail)
+LOG_CAP = 10 * 1024 * 1024
+#: logs up to this size travel inline (base64) in the finish request: no extra request
+INLINE_MAX = 256 * 1024
+
+_PR_SET_PDEATHSIG = 1
+_libc: Any = None
+
+
+def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child
+    """In the child before exec: die with the pilot (Linux only; silently skipped elsewhere)."""
+    try:
+        if _libc is not None:
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except Exception:
+        pass
+
+
+try:  # resolved once in the parent, so the child only makes one call
+    _libc = ctypes.CDLL(None, use_errno=True) if os.uname().sysname == "Linux" else None
+except OSError:  # pragma: no cover
+    _libc = None
+
+_ENV_NAME = re.compile(r"[^A-Za-z0-9_]")
+
+
+def payload_env(doc: Mapping[str, Any], pilot_id: str, workdir: Path,
+                base: Optional[Mapping[str, str]] = None,
+                sandbox: Optional[Path] = None) -> Dict[str, str]:
+    """The payload's environment: the pilot's, plus the token's facts.
+
+    ``LRT_P_<NAME>`` carries each payload parameter: strings as they are,
+    anything else as JSON.  Secrets of the pilot (CouchDB credentials) are
+    removed: the payload has no business writing to the token database.
+    """
+    env = dict(os.environ if base is None else base)
+    for k in ("LRT_COUCH_PASSWORD", "LRT_COUCH_PASSWORD_FILE", "LRT_COUCH_USER", "LRT_COUCH_URL"):
+        env.pop(k, None)
+    for k in [k for k in env if k.startswith("LRT_P_")]:
+        del env[k]
+    env.update({
+        "LRT_TOKEN_ID": str(doc.get("_id", "")),
+        "LRT_TOKEN_TYPE": str(doc.get("type") or ""),
+        "LRT_ATTEMPT": str(doc.get("attempts") or 0),
+        "LRT_PILOT_ID": pilot_id,
+        "LRT_WORKDIR": str(workdir),
+        "LRT_TOKEN_FILE": str(workdir / "token.json"),
+    })
+    if sandbox is not None:
+        env["LRT_SANDBOX"] = str(sandbox)
+    payload = doc.get("payload") or {}
+    if isinstance(payload, dict):
+        for name, value in payload.items():
+            key = "LRT_P_" + _ENV_NAME.sub("_", str(name)).upper()
+            env[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return {k: v for k, v in env.items() if "\0" not in k and "\0" not in v}
+
+
+def tail(path: Path, nbytes: int = TAIL_BYTES) -> str:
+    """The last ``nbytes`` of a file as text (undecodable bytes replaced)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - nbytes))
+            data = fh.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return text if size <= nbytes else "[...]" + text
+
+
+def capped_log(path: Path, cap: int = LOG_CAP) -> Path:
+    """``path`` itself if within ``cap``, else a copy with head + marker + tail."""
+    size = path.stat().st_size
+    if size <= cap:
+        return path
+    keep_tail = cap // 4
+    marker = (f"\n[lrt: log truncated: {size} bytes written, first {cap - keep_tail} and "
+              f"last {keep_tail} kept]\n").encode()
+    out = path.with_name(path.name + ".capped")
+    with open(path, "rb") as src, open(out, "wb") as dst:
+        remaining = cap - keep_tail - len(marker)
+        while remaining > 0:
+            chunk = src.read(min(1 << 20, remaining))
+            if not chunk:
+                break
+            dst.write(chunk)
+            remaining -= len(chunk)
+        dst.write(marker)
+        src.seek(size - keep_tail)
+        while True:
+            chunk = src.read(1 << 20)
+            if not chunk:
+                break
+            dst.write(chunk)
+    return out
+
+
+class Payload:
+    """One running payload process (group) and its result."""
+
+    def __init__(self, argv: Sequence[str], workdir: Path, env: Mapping[str, str]):
+        self.argv = [str(a) for a in argv]
+        self.workdir = workdir
+        self.stdout_path = workdir / "stdout.log"
+        self.stderr_path = workdir / "stderr.log"
+        self.done = threading.Event()
+        self.status: Optional[int] = None
+        self.rusage: Any = None
+        self.started = 0.0
+        self.ended = 0.0
+        self.killed_by: Optional[str] = None
+        self.pid = 0
+        out = open(self.stdout_path, "wb")
+        err = open(self.stderr_path, "wb")
+        try:
+            self.started = time.time()
+            self._t0 = time.monotonic()
+            self.proc = subprocess.Popen(self.argv, cwd=str(workdir), env=dict(env),
+                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                         start_new_session=True, close_fds=True,
+                                         preexec_fn=_set_pdeathsig if _libc is not None else None)
+        finally:
+            out.close()
+            err.close()
+        self.pid = self.proc.pid
+        self._waiter = threading.Thread(target=self._wait, name=f"wait-{self.pid}", daemon=True)
+        self._waiter.start()
+
+    def _wait(self) -> None:
+        while True:
+            try:
+                _, status, usage = os.wait4(self.pid, 0)
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries already
+                continue
+            except ChildProcessError:
+                status, usage = 0, None
+                break
+        self.ended = time.time()
+        self.wall = time.monotonic() - self._t0
+        self.status = status
+        self.rusage = usage
+        self.proc.returncode = os.waitstatus_to_exitcode(status) if usage is not None else -1
+        # a payload must not leave processes behind in its group
+        self._killpg(signal.SIGKILL)
+        self.done.set()
+
+    def _killpg(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        return self.done.wait(timeout)
+
+    def kill(self, why: str, term_grace: float = 5.0) -> None:
+        """SIGTERM the whole group, SIGKILL it after ``term_grace`` s; wait for the leader."""
+        if self.killed_by is None:
+            self.killed_by = why
+        if self.done.is_set():
+            self._killpg(signal.SIGKILL)
+            return
+        self._killpg(signal.SIGTERM)
+        if not self.done.wait(term_grace):
+            self._killpg(signal.SIGKILL)
+            self.done.wait(30)
+        self._killpg(signal.SIGKILL)
+
+    def signal(self, sig: int) -> None:
+        self._killpg(sig)
+
+    # -- results ---------------------------------------------------------------------
+    @property
+    def exit_code(self) -> Optional[int]:
+        if self.status is None:
+            return None
+        if os.WIFEXITED(self.status):
+            return os.WEXITSTATUS(self.status)
+        return None
+
+    @property
+    def signal_number(self) -> Optional[int]:
+        if self.status is not None and os.WIFSIGNALED(self.status):
+            return os.WTERMSIG(self.status)
+        return None
+
+    def timings(self, clock_offset: float = 0.0) -> Dict[str, Any]:
+        """started/finished on the server clock (estimated), wall, cpu, max_rss_kb."""
+        t: Dict[str, Any] = {"started": round(self.started + clock_offset, 3)}
+        if self.done.is_set():
+            t["finished"] = round(self.ended + clock_offset, 3)
+            t["wall"] = round(self.wall, 4)
+            if self.rusage is not None:
+                t["cpu"] = round(self.rusage.ru_utime + self.rusage.ru_stime, 4)
+                t["max_rss_kb"] = int(self.rusage.ru_maxrss)
+        return t
+
+    def log_tail(self) -> Dict[str, str]:
+        return {"stdout": tail(self.stdout_path), "stderr": tail(self.stderr_path)}
+
+
+def write_token_file(doc: Mapping[str, Any], workdir: Path) -> None:
+    """``token.json`` in the work dir: the token as claimed (without internals)."""
+    public = {k: v for k, v in doc.items() if k not in ("_attachments", "_revisions")}
+    tmp = workdir / ".token.json.tmp"
+    tmp.write_text(json.dumps(public, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, workdir / "token.json")
+
+
+def describe_failure(p: Payload) -> str:
+    if p.signal_number is not None:
+        try:
+            name = signal.Signals(p.signal_number).name
+        except ValueError:
+            name = str(p.signal_number)
+        return f"payload killed by signal {name}"
+    return f"payload exited with status {p.exit_code}"
+
+
+def command_argv(doc: Mapping[str, Any]) -> List[str]:
+    """The token's command as a list of strings; ValueError if it is not one."""
+    cmd = doc.get("command")
+    if not isinstance(cmd, list) or not cmd or not all(isinstance(a, (str, int, float)) for a in cmd):
+        raise ValueError("token has no command (want a non-empty list of strings)")
+    if isinstance(cmd[0], str) and not cmd[0]:
+        raise ValueError("token command starts with an empty string")
+    return [str(a) for a in cmd]

@@ -1,0 +1,25 @@
+// Renew the lease of a running token.  Fencing: refused unless the token is
+// still locked under the caller's claim (the pilot then kills its payload and
+// leaves the token alone).  Also tells the pilot whether a cancel was asked.
+// PUT _design/lrt-claim/_update/heartbeat/<id>, body {claim, lease_seconds}.
+function (doc, req) {
+  var now = Date.now() / 1000;
+  var b;
+  try { b = JSON.parse(req.body || '{}'); } catch (e) { b = null; }
+  function no(reason, extra) {
+    var r = {ok: false, reason: reason, now: now};
+    for (var k in (extra || {})) { r[k] = extra[k]; }
+    return [null, {code: 200, json: r}];
+  }
+  if (!b || !b.claim) { return no('bad_request'); }
+  if (!doc) { return no('missing'); }
+  if (doc.state !== 'locked' || !doc.lease || doc.lease.claim !== b.claim) {
+    return no('fenced', {state: doc.state});
+  }
+  var secs = Number(b.lease_seconds) || 600;
+  delete doc._revisions;
+  doc.lease.renewed = now;
+  doc.lease.expires = now + secs;
+  return [doc, {json: {ok: true, now: now, expires: doc.lease.expires,
+                       cancel_requested: !!doc.cancel_requested}}];
+}
