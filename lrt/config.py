@@ -292,29 +292,44 @@ class TokenConfig:
             n *= len(values)
         return n
 
+    def _walk(self) -> Iterator[Tuple[Optional[Chunk], Dict[str, Any], Dict[str, Any], Tuple[Any, ...]]]:
+        """(chunk, payload base, template base, sweep combination) in token order."""
+        names = list(self.sweep)
+        lists = [self.sweep[k] for k in names]
+        fixed = {"type": self.type, "tokenset": self.tokenset}
+        for chunk in self.chunks():
+            base = dict(self.payload)
+            if chunk is not None:
+                if self.files and self.files.group_by == "subband":
+                    base.update(obsid=chunk.obsid, sb_start=chunk.sb_start, sb_end=chunk.sb_end,
+                                missing=chunk.missing, chunk=chunk.index)
+                else:
+                    base.update(chunk=chunk.index, first_line=chunk.links[0].line)
+            tbase = dict(base)
+            tbase.update(fixed)
+            for combo in _product(lists):
+                yield chunk, base, tbase, combo
+
     def items(self) -> Iterator[Item]:
         """Every token of this config in a fixed order: per chunk, the sweep's product."""
         names = list(self.sweep)
-        lists = [self.sweep[k] for k in names]
-        index = 0
-        for chunk in self.chunks():
-            chunk_vars: Dict[str, Any] = {}
-            if chunk is not None:
-                if self.files and self.files.group_by == "subband":
-                    chunk_vars = {"obsid": chunk.obsid, "sb_start": chunk.sb_start,
-                                  "sb_end": chunk.sb_end, "missing": chunk.missing,
-                                  "chunk": chunk.index}
-                else:
-                    chunk_vars = {"chunk": chunk.index, "first_line": chunk.links[0].line}
-            for combo in _product(lists):
-                payload = dict(self.payload)
-                payload.update(chunk_vars)
-                payload.update(zip(names, combo))
-                values = dict(payload)
-                values.update(type=self.type, tokenset=self.tokenset, index=index)
-                yield Item(id=self.render_id(values), index=index, values=values,
-                           payload=payload, chunk=chunk)
-                index += 1
+        for index, (chunk, base, tbase, combo) in enumerate(self._walk()):
+            payload = dict(base)
+            payload.update(zip(names, combo))
+            values = dict(tbase)
+            values.update(zip(names, combo))
+            values["index"] = index
+            yield Item(id=self.render_id(values), index=index, values=values,
+                       payload=payload, chunk=chunk)
+
+    def iter_ids(self) -> Iterator[str]:
+        """Just the ids, in token order (cheaper than :meth:`items`)."""
+        names = list(self.sweep)
+        for index, (_, _, tbase, combo) in enumerate(self._walk()):
+            values = dict(tbase)
+            values.update(zip(names, combo))
+            values["index"] = index
+            yield self.render_id(values)
 
     def render_id(self, values: Mapping[str, Any]) -> str:
         try:
@@ -341,8 +356,9 @@ class TokenConfig:
         """
         buckets = [array("Q") for _ in range(256)]
         n = 0
-        for item in self.items():
-            h = int.from_bytes(hashlib.blake2b(item.id.encode(), digest_size=8).digest(), "big")
+        b2b = hashlib.blake2b
+        for tid in self.iter_ids():
+            h = int.from_bytes(b2b(tid.encode(), digest_size=8).digest(), "big")
             buckets[h >> 56].append(h)
             n += 1
         twice = set()
@@ -386,6 +402,10 @@ def _product(lists: List[Sequence[Any]]) -> Iterator[Tuple[Any, ...]]:
     """itertools.product without materialising its inputs (a ``range`` of 10^6 stays lazy)."""
     if not lists:
         yield ()
+        return
+    if len(lists) == 1:
+        for value in lists[0]:
+            yield (value,)
         return
     head, rest = lists[0], lists[1:]
     for value in head:

@@ -84,9 +84,19 @@ class TokenNotFound(LrtError):
     """No such token."""
 
 
-def new_token(cfg: TokenConfig, item: Item, now: Optional[float] = None) -> Token:
-    """The complete schema-v1 document for one config item (docs/tokens.md)."""
+def new_token(cfg: TokenConfig, item: Item, now: Optional[float] = None, share: bool = False) -> Token:
+    """The complete schema-v1 document for one config item (docs/tokens.md).
+
+    ``share=True`` lets documents share the config's (read-only) lists and
+    mappings instead of copying them: for documents that are only serialised.
+    """
     t = time.time() if now is None else now
+    if share:
+        retry, command, sandbox, outputs = cfg.retry, cfg.command, cfg.sandbox, cfg.outputs
+    else:
+        retry, command = dict(cfg.retry), list(cfg.command)
+        sandbox = dict(cfg.sandbox) if cfg.sandbox else None
+        outputs = dict(cfg.outputs) if cfg.outputs else None
     doc = Token({
         "_id": item.id,
         "kind": "token",
@@ -99,15 +109,15 @@ def new_token(cfg: TokenConfig, item: Item, now: Optional[float] = None) -> Toke
         "tokenset": cfg.tokenset,
         "attempts": 0,
         "max_attempts": cfg.max_attempts,
-        "retry": dict(cfg.retry),
+        "retry": retry,
         "not_before": None,
         "expected_duration": cfg.expected_duration,
         "timeout": cfg.timeout,
-        "command": list(cfg.command),
-        "sandbox": dict(cfg.sandbox) if cfg.sandbox else None,
+        "command": command,
+        "sandbox": sandbox,
         "payload": item.payload,
         "inputs": [link.as_input() for link in item.chunk.links] if item.chunk else [],
-        "outputs": dict(cfg.outputs) if cfg.outputs else None,
+        "outputs": outputs,
         "needs_staging": cfg.needs_staging,
         "lease": None,
         "pilot": None,
@@ -197,15 +207,14 @@ class TokenSet:
             yield new_token(self.config, item)
 
     def ids(self) -> Iterator[str]:
-        for item in self.config.items():
-            yield item.id
+        return self.config.iter_ids()
 
     def create(self, db: Database, batch_size: int = 1000,
                progress: Optional[ProgressFn] = None) -> CreateResult:
         """Create the tokens that do not exist yet, ``batch_size`` per ``_bulk_docs``.
 
-        ``progress(done, total)`` is called after each batch.  Memory is one
-        batch whatever the size of the set.
+        ``progress(done, total)`` is called after each batch.  Memory is two
+        batches (one being written, one being built) whatever the size of the set.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -218,27 +227,50 @@ class TokenSet:
         # (a re-run, a resumed run), so it is made while it finds something and
         # skipped once a batch turns out to be all new, until a 409 says otherwise.
         # On a fresh set this saves one _all_docs request per batch.
-        check = True
-        for batch in _batched(self.config.items(), batch_size):
-            have = db.existing_ids([it.id for it in batch]) if check else {}
-            now = time.time()
-            docs = [new_token(self.config, it, now) for it in batch if it.id not in have]
-            res.present += len(batch) - len(docs)
-            if check and not have:
-                check = False
+        #
+        # One worker thread does all HTTP (one request at a time, so the session
+        # is never shared), while this thread builds the next batch: the client's
+        # work overlaps the server's instead of adding to it.
+        state = {"check": True}
+
+        def write(docs: List[Token]) -> int:
+            if state["check"]:
+                have = db.existing_ids([d["_id"] for d in docs])
+                if have:
+                    res.present += len(have)
+                    docs = [d for d in docs if d["_id"] not in have]
+                else:
+                    state["check"] = False
             if docs:
                 out = db.bulk_docs(docs)
                 res.created += len(out.ok)
                 res.present += len(out.conflicts)  # it exists (a concurrent creator won)
                 if out.conflicts:
-                    check = True
+                    state["check"] = True
                 for doc_id, row in out.errors.items():
                     res.failed += 1
                     if len(res.errors) < MAX_ERRORS:
                         res.errors[doc_id] = f"{row.get('error')}: {row.get('reason')}"
-            done += len(batch)
-            if progress is not None:
-                progress(done, total)
+            return len(docs)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        pending = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrt-create") as pool:
+            for batch in _batched(self.config.items(), batch_size):
+                now = time.time()
+                docs = [new_token(self.config, it, now, share=True) for it in batch]
+                if pending is not None:
+                    done += pending[1]
+                    pending[0].result()  # re-raises the worker's error here
+                    if progress is not None:
+                        progress(done, total)
+                pending = (pool.submit(write, docs), len(docs))
+            if pending is not None:
+                pending[0].result()
+                done += pending[1]
+                if progress is not None:
+                    progress(done, total)
         return res
 
     def dry_run(self, db: Optional[Database] = None, batch_size: int = 1000) -> CreateResult:

@@ -150,9 +150,9 @@ def status_json(db, type: Optional[str] = None) -> Dict[str, Any]:
             "states": ordered(totals), "total": sum(totals.values())}
 
 
-def format_status(st: Dict[str, Any]) -> str:
+def format_status(st: Dict[str, Any], type: Optional[str] = None) -> str:
     if not st["total"]:
-        return f"no tokens in database {st['db']}"
+        return f"no tokens{' of type ' + type if type else ''} in database {st['db']}"
     cols = list(st["states"])
     header = ["type"] + cols + ["total"]
     rows: List[List[str]] = []
@@ -169,7 +169,7 @@ def format_status(st: Dict[str, Any]) -> str:
 
 def cmd_status(ctx) -> int:
     st = status_json(ctx.db, ctx.args.type)
-    ctx.out(json.dumps(st, sort_keys=False) if ctx.args.json else format_status(st))
+    ctx.out(json.dumps(st, sort_keys=False) if ctx.args.json else format_status(st, ctx.args.type))
     return 0
 
 

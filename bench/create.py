@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""Bulk token creation: lrt's TokenSet.create against raw _bulk_docs, and its memory.
+
+1. Throughput: the same N token documents written (a) raw, pre-built in memory, one
+   ``_bulk_docs`` per batch, and (b) by ``TokenSet.from_config(...).create(db)``
+   (validation pass, id-collision check, generation, existence checks, writes).
+   Each run gets a fresh database on the same server; runs go raw, lrt, lrt, raw so
+   that the server's drift (it slows down as its memory grows) hits both alike.
+   Prints tokens/s of each and the ratio lrt/raw.
+2. Memory: peak RSS (VmHWM, see :func:`peak_rss_kb`) of a child process that runs ``TokenSet.create`` for
+   each size in --rss-sizes; flat means creation streams.
+
+Starts its own local server in a temporary folder unless LRT_COUCH_URL is set (then
+LRT_COUCH_USER / LRT_COUCH_PASSWORD[_FILE] are used, and databases named
+``lrt_bench_create_*`` are created and deleted there).
+
+    python3 bench/create.py                 # N = 100000
+    python3 bench/create.py --n 20000 --rss-sizes 10000,20000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lrt import design  # noqa: E402
+from lrt.couch import Database, Server  # noqa: E402
+from lrt.tokens import TokenSet  # noqa: E402
+
+CONFIG = """\
+type: bench
+tokenset: bench
+id: "bench_{{i:07d}}"
+priority: 1
+timeout: 600
+expected_duration: 60
+command: ["python3", "process.py", "--config", "process.yaml"]
+payload:
+  calibrator: L654320
+  avg_freq_step: 2
+sweep:
+  i: {{range: [0, {n}]}}
+"""
+
+
+def connect(tmp: Path) -> "tuple[Server, Any, str]":
+    """(server, local server to stop or None, password for the child process)."""
+    if os.environ.get("LRT_COUCH_URL"):
+        from lrt.settings import resolve
+
+        st = resolve(use_local=False)
+        return st.server(), None, st.password or ""
+    from lrt.server import LocalServer, free_port
+
+    local = LocalServer.start(base=tmp / "couch", port=free_port())
+    return Server(local.url, local.user, local.password), local, local.password
+
+
+def fresh_db(server: Server, tag: str) -> Database:
+    db = server.database(f"lrt_bench_create_{tag}_{os.getpid()}")
+    db.delete()
+    db.create()
+    design.install(db)
+    return db
+
+
+def write_config(tmp: Path, n: int) -> Path:
+    p = tmp / f"bench_{n}.yaml"
+    p.write_text(CONFIG.format(n=n))
+    return p
+
+
+def run_raw(server: Server, docs: List[Dict[str, Any]], batch: int, tag: str) -> Dict[str, float]:
+    db = fresh_db(server, tag)
+    try:
+        req0 = server.requests_sent
+        t0 = time.perf_counter()
+        ok = 0
+        for i in range(0, len(docs), batch):
+            ok += len(db.bulk_docs(docs[i:i + batch]).ok)
+        dt = time.perf_counter() - t0
+        assert ok == len(docs), (ok, len(docs))
+        return {"seconds": dt, "rate": len(docs) / dt, "requests": server.requests_sent - req0}
+    finally:
+        db.delete()
+
+
+def run_lrt(server: Server, cfg: Path, n: int, batch: int, tag: str) -> Dict[str, float]:
+    db = fresh_db(server, tag)
+    try:
+        req0 = server.requests_sent
+        t0 = time.perf_counter()
+        res = TokenSet.from_config(cfg).create(db, batch_size=batch)
+        dt = time.perf_counter() - t0
+        assert (res.created, res.failed) == (n, 0), res
+        return {"seconds": dt, "rate": n / dt, "requests": server.requests_sent - req0}
+    finally:
+        db.delete()
+
+
+def peak_rss_kb() -> int:
+    """This process's peak RSS in KiB.
+
+    Linux's VmHWM belongs to the process's own address space, fresh at exec.
+    ``ru_maxrss`` is not: Linux carries the *parent's* high-water mark across
+    fork+exec, so a child of a parent that once held 100k documents would
+    report the parent's peak.  ``ru_maxrss`` is the fallback elsewhere.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def child(cfg: Path, n: int, batch: int, materialize: bool = False) -> None:
+    """Runs in a subprocess: create N tokens, print peak RSS.  Credentials come from env.
+
+    ``materialize``: the contrast, i.e. what holding every document costs (the
+    same documents as a list, written with raw _bulk_docs).
+    """
+    if materialize:
+        rss0 = peak_rss_kb()
+        t0 = time.perf_counter()
+        docs = list(TokenSet.from_config(cfg))
+        dt = time.perf_counter() - t0
+        print(json.dumps({"n": len(docs), "maxrss_kb": peak_rss_kb(),
+                          "rss_before_kb": rss0, "seconds": dt}))
+        return
+    server = Server(os.environ["BENCH_URL"], os.environ["BENCH_USER"], os.environ["BENCH_PASSWORD"])
+    db = fresh_db(server, f"rss{n}")
+    try:
+        rss0 = peak_rss_kb()
+        t0 = time.perf_counter()
+        res = TokenSet.from_config(cfg).create(db, batch_size=batch)
+        dt = time.perf_counter() - t0
+        assert res.created == n, res
+    finally:
+        db.delete()
+    rss = peak_rss_kb()
+    print(json.dumps({"n": n, "maxrss_kb": rss, "rss_before_kb": rss0, "seconds": dt}))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=100_000, help="tokens per throughput run")
+    ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument("--rss-sizes", default="10000,100000", help="comma-separated sizes for RSS runs")
+    ap.add_argument("--no-throughput", action="store_true", help="only the memory runs")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--materialize", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.child:
+        child(Path(a.config), a.n, a.batch_size, a.materialize)
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="lrt-bench-") as tmpd:
+        tmp = Path(tmpd)
+        server, local, password = connect(tmp)
+        try:
+            info = server.info()
+            print(f"server: {info.get('vendor', {}).get('name', '?')} {info.get('version', '?')} "
+                  f"at {server.url}; python {sys.version.split()[0]}; batch {a.batch_size}")
+            if not a.no_throughput:
+                cfg = write_config(tmp, a.n)
+                docs = list(TokenSet.from_config(cfg))  # the very documents lrt writes
+                runs: Dict[str, List[Dict[str, float]]] = {"raw": [], "lrt": []}
+                for i, kind in enumerate(("raw", "lrt", "lrt", "raw")):
+                    if kind == "raw":
+                        r = run_raw(server, docs, a.batch_size, f"raw{i}")
+                    else:
+                        r = run_lrt(server, cfg, a.n, a.batch_size, f"lrt{i}")
+                    runs[kind].append(r)
+                    print(f"  {kind:3s} run {i + 1}: {a.n} tokens in {r['seconds']:.1f} s = "
+                          f"{r['rate']:.0f} tokens/s ({r['requests']} requests)")
+                del docs
+                raw = sum(r["rate"] for r in runs["raw"]) / 2
+                lrt = sum(r["rate"] for r in runs["lrt"]) / 2
+                print(f"throughput at N={a.n}: raw _bulk_docs {raw:.0f} tokens/s, "
+                      f"lrt TokenSet.create {lrt:.0f} tokens/s, ratio {lrt / raw:.2f} (target >= 0.9)")
+
+            env = dict(os.environ, BENCH_URL=server.url, BENCH_USER=server.user or "",
+                       BENCH_PASSWORD=password, PYTHONPATH=str(ROOT))
+            sizes = [int(x) for x in a.rss_sizes.split(",") if x]
+            for n in sizes + [-max(sizes)]:
+                m = abs(n)
+                ccfg = write_config(tmp, m)
+                extra = ["--materialize"] if n < 0 else []
+                out = subprocess.run([sys.executable, __file__, "--child", "--n", str(m),
+                                      "--batch-size", str(a.batch_size), "--config", str(ccfg)] + extra,
+                                     env=env, capture_output=True, text=True, check=True)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                if n > 0:
+                    print(f"peak RSS creating {m:>7} tokens with TokenSet.create (child process): "
+                          f"{r['maxrss_kb'] / 1024:.1f} MiB (before creating: "
+                          f"{r['rss_before_kb'] / 1024:.1f} MiB)")
+                else:
+                    print(f"  contrast: holding the same {m} documents in a list: peak RSS "
+                          f"{r['maxrss_kb'] / 1024:.1f} MiB (before: {r['rss_before_kb'] / 1024:.1f} MiB)")
+        finally:
+            server.close()
+            if local is not None:
+                local.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
