@@ -65,6 +65,7 @@ class Stats:
     resolved: int = 0
     tokens: int = 0            #: payloads run to an outcome that was recorded
     fenced: int = 0            #: tokens given up because another pilot held them
+    handler_409: int = 0       #: handler writes that met a concurrent write (and were repeated)
     overheads: List[float] = field(default_factory=list)
 
     def as_dict(self) -> JSON:
@@ -103,6 +104,7 @@ class TokenClient:
                                                           ok=(409,))
             if status != 409:
                 break
+            self.stats.handler_409 += 1
             if i < repeat_409:
                 time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** i)))
         if not isinstance(payload, dict):
@@ -203,7 +205,7 @@ class Candidates:
     ``expected_duration`` so unclaimable rows are skipped without a request.
     """
 
-    def __init__(self, db: Database, token_type: Optional[str], batch: int = 100,
+    def __init__(self, db: Database, token_type: Optional[str], batch: int = 200,
                  max_age: float = 30.0, stale_after: int = 3, stats: Optional[Stats] = None):
         self.db = db
         self.type = token_type
