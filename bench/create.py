@@ -196,7 +196,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             env = dict(os.environ, BENCH_URL=server.url, BENCH_USER=server.user or "",
                        BENCH_PASSWORD=password, PYTHONPATH=str(ROOT))
             sizes = [int(x) for x in a.rss_sizes.split(",") if x]
-            for n in sizes + [-max(sizes)]:
+            for n in sizes + ([-max(sizes)] if sizes else []):
                 m = abs(n)
                 ccfg = write_config(tmp, m)
                 extra = ["--materialize"] if n < 0 else []
