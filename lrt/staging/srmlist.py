@@ -163,7 +163,6 @@ class SubbandIndex:
 
 def group_by_subband(links: Iterable[Link], index: SubbandIndex) -> Iterator[Chunk]:
     """Emit each chunk as soon as all of its links (known from ``index``) have been seen."""
-    n = index.per_chunk
     pending: Dict[Tuple[str, int], List[Link]] = {}
     for link in links:
         if link.obsid is None or link.subband is None:
