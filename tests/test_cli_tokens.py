@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,48 @@ def test_wrong_password_is_clear_and_secret_free(cli, server):
         assert "CouchDB refused user" in r.stderr and "LRT_COUCH_PASSWORD" in r.stderr
         assert secret not in r.stdout + r.stderr
         assert "Traceback" not in r.stderr
+
+
+class _Tty:
+    """A captured stderr that claims to be a terminal."""
+
+    def __init__(self):
+        self.parts = []
+
+    def write(self, s):
+        self.parts.append(s)
+        return len(s)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+    @property
+    def text(self):
+        return "".join(self.parts)
+
+
+@pytest.mark.parametrize("have_tqdm", [True, False])
+def test_progress_bar_only_on_a_terminal(couch, server, monkeypatch, capsys, have_tqdm):
+    from lrt.cli import main
+
+    if have_tqdm:
+        pytest.importorskip("tqdm")
+    else:
+        monkeypatch.setitem(sys.modules, "tqdm", None)  # import fails: no bar, no error
+    name = new_db_name("tty")
+    for k, v in couch.env(name).items():
+        monkeypatch.setenv(k, v)
+    tty = _Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    try:
+        assert main(["create", str(ROOT / "configs/sweep_example.yaml"), "--batch-size", "5"]) == 0
+    finally:
+        server.database(name).delete()
+    assert "12 created" in capsys.readouterr().out
+    if have_tqdm:
+        assert "/12 [" in tty.text and "tok/s" in tty.text  # a bar with the right total
+    else:
+        assert tty.text == ""

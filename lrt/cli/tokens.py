@@ -193,6 +193,12 @@ def _ts(t: Any) -> str:
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _job(job: Any) -> str:
+    if not isinstance(job, dict):
+        return "-"
+    return f"{job.get('system', '?')} {job.get('id', '?')}"
+
+
 def format_token(doc: Dict[str, Any]) -> str:
     """A readable summary of one token (``lrt show``)."""
     out: List[str] = []
@@ -220,7 +226,7 @@ def format_token(doc: Dict[str, Any]) -> str:
     if lease:
         add(f"lease     pilot {lease.get('pilot')} expires {_ts(lease.get('expires'))}")
     if doc.get("host") or doc.get("pilot"):
-        add(f"pilot     {doc.get('pilot')} on {doc.get('host')}  batch job {doc.get('batch_job')}")
+        add(f"pilot     {doc.get('pilot')} on {doc.get('host')}  batch job {_job(doc.get('batch_job'))}")
     if doc.get("exit_code") is not None:
         add(f"exit code {doc['exit_code']}")
     err = doc.get("error")
@@ -233,9 +239,10 @@ def format_token(doc: Dict[str, Any]) -> str:
         add("attempts:")
         for h in hist:
             e = h.get("error") or {}
-            add(f"  #{h.get('attempt')}  {h.get('state')}  exit {h.get('exit_code')}  "
-                f"{e.get('name') or ''}  pilot {h.get('pilot')} on {h.get('host')}  "
-                f"claimed {_ts(h.get('claimed'))}  finished {_ts(h.get('finished'))}")
+            add(f"  #{h.get('attempt')}  {h.get('end') or '-'} -> {h.get('state')}  "
+                f"exit {h.get('exit_code')}  {e.get('name') or '-'}  pilot {h.get('pilot')} on "
+                f"{h.get('host')}  job {_job(h.get('batch_job'))}  claimed {_ts(h.get('claimed'))}  "
+                f"finished {_ts(h.get('finished'))}")
     atts = doc.get("_attachments") or {}
     if atts:
         add("attachments: " + ", ".join(f"{k} ({v.get('length', '?')} bytes)" for k, v in atts.items()))
