@@ -269,3 +269,20 @@ def test_conflicted_tokens_never_run_twice(db, couch, tmp_path):
     assert c1["state"] == "done" and "_conflicts" not in c1
     c2 = db.get("c2", conflicts=True)
     assert c2["state"] == "done" and "_conflicts" not in c2
+
+
+def test_reap_command(db, couch, lrt_cmd):
+    past = time.time() - 100
+    lease = {"pilot": "ghost", "claim": "c", "claimed": past - 10, "renewed": past, "expires": past}
+    make_tokens(db, [token("dead", ["true"], state="locked", attempts=1, lease=lease, pilot="ghost"),
+                     token("alive", ["true"], state="locked", attempts=1,
+                           lease=dict(lease, expires=time.time() + 3600))])
+    env = couch.env(db.name)
+    res = cli(lrt_cmd, env, "reap", "--dry-run", "--grace", "10")
+    assert res.returncode == 0 and "dead" in res.stdout and "alive" not in res.stdout
+    assert db.get("dead")["state"] == "locked"
+    res = cli(lrt_cmd, env, "reap", "--grace", "10")
+    assert res.returncode == 0, res.stderr
+    dead = db.get("dead")
+    assert dead["state"] == "todo" and dead["history"][-1]["pilot"] == "ghost"
+    assert db.get("alive")["state"] == "locked"

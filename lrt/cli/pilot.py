@@ -55,7 +55,7 @@ def add_pilot_options(p: argparse.ArgumentParser) -> None:
                    help="reap leases expired this long ago by the server clock (default 30)")
     p.add_argument("--workdir", type=Path, help="parent of per-token work dirs (default: a temp dir)")
     p.add_argument("--keep-workdirs", action="store_true", help="keep per-token work dirs")
-    p.add_argument("--batch", type=int, default=200, help="candidates fetched per queue query (default 200)")
+    p.add_argument("--batch", type=int, default=500, help="candidates fetched per queue query (default 500)")
     p.add_argument("--term-grace", type=float, default=5.0, metavar="SECONDS",
                    help="between SIGTERM and SIGKILL when stopping a payload (default 5)")
     p.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",
@@ -144,13 +144,24 @@ def cmd_run_local(ctx: Any) -> int:
     if a.pilots < 1:
         raise ConfigError("--pilots must be at least 1")
     db = ctx.db
+    from .. import design
+    from ..couch import AuthError
+
+    try:
+        design.install(db)  # idempotent: one GET per design document when up to date
+    except AuthError:
+        pass  # not a database admin: the design documents must already be there
     if a.config:
         try:
             from ..tokens import TokenSet
         except ImportError:
             raise LrtError("token configs need lrt.tokens, which is not installed") from None
         res = TokenSet.from_config(a.config).create(db)
-        ctx.out(f"tokens from {a.config}: {res}")
+        ctx.out(f"tokens from {a.config}: {res.created} created, {res.present} already there, "
+                f"{res.failed} failed")
+        if res.failed:
+            raise LrtError(f"{res.failed} token(s) could not be created: "
+                           + "; ".join(f"{k}: {v}" for k, v in list(res.errors.items())[:3]))
     summary = run_local(ctx.settings, a.pilots, lambda stats: _pilot_argv(a, stats))
     ctx.out(summary.text())
     return 0 if summary.ok else 1

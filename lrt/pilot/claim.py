@@ -198,14 +198,18 @@ class Claimed:
 class Candidates:
     """A reusable list of claimable token ids from the ``todo`` view.
 
-    One view query serves many claims: the rows are shuffled (within equal
-    priority) so that pilots started together do not all fight for row 1, and
-    a pilot keeps using its list until it runs dry, goes stale (several lost
-    claims in a row) or gets old.  Rows carry ``not_before`` and
-    ``expected_duration`` so unclaimable rows are skipped without a request.
+    One view query serves many claims.  Pilots started together see the same
+    rows, so each walks them from a *random starting point* (within each
+    priority level, highest first) and, after a lost claim, jumps to another
+    random point: pilots then consume separate stretches of the queue and
+    collide only where stretches meet, instead of colliding more and more as
+    a shared, independently shuffled list empties.  The list is re-fetched
+    when it runs dry, goes stale (``stale_after`` lost claims in a row) or
+    gets old.  Rows carry ``not_before`` and ``expected_duration`` so
+    unclaimable rows are skipped without a request.
     """
 
-    def __init__(self, db: Database, token_type: Optional[str], batch: int = 200,
+    def __init__(self, db: Database, token_type: Optional[str], batch: int = 500,
                  max_age: float = 30.0, stale_after: int = 3, stats: Optional[Stats] = None):
         self.db = db
         self.type = token_type
@@ -221,6 +225,22 @@ class Candidates:
         #: rows the last query returned
         self.last_count = 0
 
+    @staticmethod
+    def _prio(row: JSON) -> Any:
+        key = row.get("key")
+        return key[1] if isinstance(key, list) and len(key) > 1 else 0
+
+    def _rotate_first_group(self) -> None:
+        """Start the highest-priority group of rows at a random row (order otherwise kept)."""
+        if len(self.rows) < 2:
+            return
+        p0 = self._prio(self.rows[0])
+        n = 1
+        while n < len(self.rows) and self._prio(self.rows[n]) == p0:
+            n += 1
+        k = random.randrange(n)
+        self.rows[:n] = self.rows[k:n] + self.rows[:k]
+
     def refresh(self) -> None:
         params: JSON = {"limit": self.batch, "reduce": False}
         if self.type is not None:
@@ -228,9 +248,9 @@ class Candidates:
             params["endkey"] = [self.type, {}]
         rows = self.db.view(CLAIM_DDOC, "todo", **params).get("rows", [])
         self.stats.view_queries += 1
-        random.shuffle(rows)
-        rows.sort(key=lambda r: r["key"][1] if isinstance(r.get("key"), list) and len(r["key"]) > 1 else 0)
+        rows.sort(key=self._prio)  # stable: keeps the view's order within a priority
         self.rows = rows
+        self._rotate_first_group()
         self.last_count = len(rows)
         self.fetched = time.monotonic()
         self.lost_in_row = 0
@@ -239,9 +259,15 @@ class Candidates:
         self.rows = []
 
     def note(self, won: bool) -> None:
-        self.lost_in_row = 0 if won else self.lost_in_row + 1
+        """Report the outcome of a claim on the last popped row."""
+        if won:
+            self.lost_in_row = 0
+            return
+        self.lost_in_row += 1
         if self.lost_in_row >= self.stale_after:
             self.invalidate()
+        else:
+            self._rotate_first_group()  # another pilot works here: jump elsewhere
 
     def pop(self, server_now: float, remaining: Optional[float]) -> Optional[JSON]:
         """The next row worth a claim request; None when the list (after one refresh) has none."""

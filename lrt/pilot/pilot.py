@@ -70,7 +70,7 @@ class PilotOptions:
     workdir: Optional[Path] = None
     keep_workdirs: bool = False
     #: rows fetched per ``todo`` view query
-    batch: int = 200
+    batch: int = 500
     #: seconds between SIGTERM and SIGKILL when stopping a payload
     term_grace: float = 5.0
     #: seconds to keep trying to record a result while the server is unreachable
@@ -139,6 +139,7 @@ class Pilot:
         self.workdir = Path(self.o.workdir) if self.o.workdir else Path(tempfile.mkdtemp(prefix="lrt-pilot-"))
         self._next_housekeeping = time.monotonic() + random.uniform(0, self._hk_interval())
         self._last_payload_end: Optional[float] = None
+        self._prev_end: Optional[float] = None
         self.finish_patience = (self.o.finish_patience if self.o.finish_patience is not None
                                 else max(600.0, 2 * self.o.lease))
 
@@ -280,6 +281,8 @@ class Pilot:
     def _process(self, c: Claimed) -> None:
         doc = c.doc
         wd = self.workdir / f"{_safe_name(c.id)}-{c.claim[:8]}"
+        # overhead samples only between two consecutive payloads (set again after this one ran)
+        self._prev_end, self._last_payload_end = self._last_payload_end, None
         try:
             wd.mkdir(parents=True, exist_ok=False)
             self._process_in(c, wd)
@@ -333,9 +336,10 @@ class Pilot:
             p = Payload(argv, wd, env)
         except OSError as exc:
             return self._fail(c, "COMMAND_NOT_FOUND", f"cannot execute {argv[0]!r}: {exc.strerror or exc}")
-        if self._last_payload_end is not None:
-            self.stats.overheads.append(time.monotonic() - self._last_payload_end)
+        if self._prev_end is not None:
+            self.stats.overheads.append(time.monotonic() - self._prev_end)
         how = self._supervise(c, p)
+        ended = time.monotonic()  # overhead is measured from here to the next payload's start
         if how == "exited":
             if p.exit_code == 0:
                 output = None
@@ -371,7 +375,7 @@ class Pilot:
         elif how == "fenced":
             self.stats.fenced += 1
             log.warning("token %s is held by another claim now; payload stopped, token left alone", c.id)
-        self._last_payload_end = time.monotonic()
+        self._last_payload_end = ended
 
     @staticmethod
     def _code_name(exc: Exception, default: str) -> str:

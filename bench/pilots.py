@@ -1,0 +1,149 @@
+"""Pilot throughput on a no-op payload: tokens/s, requests/token, conflicts, overhead, RSS, server CPU.
+
+    python3 bench/pilots.py [--pilots 1,8,32] [--tokens 2000] [--tokens-single 500]
+
+Starts its own local server (pouchdb-server) in a temporary folder, and for each
+pilot count: a fresh database, N tokens whose command is ``["true"]``, N pilots
+(``python -m lrt.cli pilot --idle-exit 2 --stats FILE``) started at once.
+
+Figures:
+
+* drain tokens/s: N / (last finish - first claim), both on the server clock
+  (from the tokens' history), so pilot start-up and idle exit are excluded;
+* end to end: N / (launch -> last pilot exit), including start-up and the idle exit;
+* HTTP requests per token: the pilots' own request counters (every retry counts);
+* lost claims per claim: claim requests that found the token taken;
+* median overhead between payloads: the time from one payload's exit to the next
+  payload's start in the same pilot (finish + claim + spawn), median over all;
+* pilot RSS: largest ``ru_maxrss`` of any pilot;
+* server CPU per token: utime+stime of the server process from /proc, before/after.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from lrt import design  # noqa: E402
+from lrt.couch import Server  # noqa: E402
+from lrt.server import LocalServer, free_port  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_pids(pid: int) -> list:
+    """The server process (node is the session leader we started)."""
+    return [pid]
+
+
+def run(srv: LocalServer, admin: Server, n_pilots: int, n_tokens: int, work: Path) -> dict:
+    db = admin.database(f"bench_pilots_{n_pilots}_{int(time.time())}")
+    db.create()
+    design.install(db)
+    now = time.time()
+    docs = [{"_id": f"b-{i:06d}", "kind": "token", "schema": 1, "type": "bench", "state": "todo",
+             "priority": 0, "created": now, "attempts": 0, "max_attempts": 3, "command": ["true"],
+             "payload": {}, "inputs": [], "outputs": None, "lease": None, "history": []}
+            for i in range(n_tokens)]
+    for i in range(0, n_tokens, 1000):
+        db.bulk_docs(docs[i:i + 1000])
+    db.view("lrt-claim", "todo", limit=1)  # build the index before the clock starts
+    db.view("lrt", "locked", limit=1)
+    env = dict(os.environ, LRT_COUCH_URL=srv.url, LRT_COUCH_USER=srv.user,
+               LRT_COUCH_PASSWORD=srv.password, LRT_COUCH_DB=db.name,
+               LRT_CONFIG="/nonexistent/lrt-config.yaml", PYTHONPATH=str(ROOT))
+    out = work / f"p{n_pilots}"
+    out.mkdir()
+    cpu0 = cpu_seconds(srv.pid)
+    t0 = time.time()
+    procs = [subprocess.Popen([sys.executable, "-m", "lrt.cli", "pilot", "--type", "bench",
+                               "--idle-exit", "2", "--poll", "1", "--workdir", str(out / f"w{k}"),
+                               "--stats", str(out / f"s{k}.json")],
+                              env=env, cwd=str(ROOT), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for k in range(n_pilots)]
+    codes = [p.wait() for p in procs]
+    t_end = time.time()
+    cpu1 = cpu_seconds(srv.pid)
+    stats = [json.loads((out / f"s{k}.json").read_text()) for k in range(n_pilots)]
+    rows = db.all_docs(include_docs=True)["rows"]
+    claimed, finished, done = [], [], 0
+    for r in rows:
+        d = r.get("doc") or {}
+        if d.get("kind") != "token":
+            continue
+        if d.get("state") == "done":
+            done += 1
+        h = (d.get("history") or [{}])[-1]
+        if h.get("claimed") and h.get("finished"):
+            claimed.append(h["claimed"])
+            finished.append(h["finished"])
+    drain = max(finished) - min(claimed)
+    overheads = [x for s in stats for x in s.get("overhead_samples", [])]
+    reqs = sum(s["requests"] for s in stats)
+    claims = sum(s["claims"] for s in stats)
+    lost = sum(s["lost"] for s in stats)
+    db.delete()
+    return {
+        "pilots": n_pilots, "tokens": n_tokens, "done": done, "exit_codes": sorted(set(codes)),
+        "drain_tokens_per_s": round(n_tokens / drain, 1),
+        "end_to_end_tokens_per_s": round(n_tokens / (t_end - t0), 1),
+        "requests_per_token": round(reqs / n_tokens, 2),
+        "claims_per_token": round(claims / n_tokens, 2),
+        "lost_per_claim": round(lost / claims, 3) if claims else None,
+        "view_queries": sum(s["view_queries"] for s in stats),
+        "median_overhead_ms": round(1000 * statistics.median(overheads), 1) if overheads else None,
+        "max_pilot_rss_mb": round(max(s["rss_kb"] for s in stats) / 1024, 1),
+        "server_cpu_ms_per_token": round(1000 * (cpu1 - cpu0) / n_tokens, 2),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pilots", default="1,8,32")
+    ap.add_argument("--tokens", type=int, default=2000)
+    ap.add_argument("--tokens-single", type=int, default=500, help="tokens for the 1-pilot run")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="lrt-bench-pilots-") as tmp:
+        work = Path(tmp)
+        srv = LocalServer.start(base=work / "couch", port=free_port())
+        try:
+            admin = Server(srv.url, srv.user, srv.password)
+            results = []
+            for n in [int(x) for x in a.pilots.split(",")]:
+                load = os.getloadavg()[0]
+                r = run(srv, admin, n, a.tokens_single if n == 1 else a.tokens, work)
+                r["load_before"] = round(load, 1)
+                results.append(r)
+                print(json.dumps(r), flush=True)
+        finally:
+            srv.stop()
+    if not a.json:
+        print()
+        print("| pilots | tokens | load | drain tokens/s | end-to-end tokens/s | HTTP req/token | lost claims/claim "
+              "| median overhead ms | max pilot RSS MB | server CPU ms/token |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in results:
+            print(f"| {r['pilots']} | {r['tokens']} | {r['load_before']} | {r['drain_tokens_per_s']} "
+                  f"| {r['end_to_end_tokens_per_s']} | {r['requests_per_token']} | {r['lost_per_claim']} "
+                  f"| {r['median_overhead_ms']} | {r['max_pilot_rss_mb']} | {r['server_cpu_ms_per_token']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
