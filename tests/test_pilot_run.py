@@ -286,3 +286,23 @@ def test_reap_command(db, couch, lrt_cmd):
     dead = db.get("dead")
     assert dead["state"] == "todo" and dead["history"][-1]["pilot"] == "ghost"
     assert db.get("alive")["state"] == "locked"
+
+
+@pytest.mark.parametrize("use_setpriv", [True, False])
+def test_payload_dies_with_its_pilot(tmp_path, monkeypatch, use_setpriv):
+    """Both ways of setting the parent-death signal (setpriv wrapper, preexec_fn fallback) work."""
+    from lrt.pilot import run as runmod
+
+    if use_setpriv:
+        if runmod.death_signal_prefix() is None:
+            pytest.skip("no setpriv --pdeathsig on this machine")
+    else:
+        monkeypatch.setattr(runmod, "_SETPRIV_CHECKED", True)
+        monkeypatch.setattr(runmod, "_SETPRIV", None)
+    code = ("import ctypes; c = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(c), 0, 0, 0); "
+            "print(c.value)")  # PR_GET_PDEATHSIG
+    p = runmod.Payload([sys.executable, "-c", code], tmp_path, dict(os.environ))
+    assert p.wait(30) and p.exit_code == 0
+    assert p.stdout_path.read_text().strip() == str(int(signal.SIGKILL))
+    with pytest.raises(FileNotFoundError):
+        runmod.Payload(["no-such-program-lrt"], tmp_path, dict(os.environ))
