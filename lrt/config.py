@@ -279,11 +279,16 @@ class TokenConfig:
             yield None
             return
         links = (parse_link(text, n) for n, text in self._entries(f.list))
-        if f.group_by == "subband":
-            assert f.index is not None
-            yield from group_by_subband(links, f.index)
-        else:
-            yield from group_by_lines(links, f.per_token)
+        try:
+            if f.group_by == "subband":
+                assert f.index is not None
+                yield from group_by_subband(links, f.index)
+            else:
+                yield from group_by_lines(links, f.per_token)
+        except (ValueError, KeyError) as exc:  # validated before: the file changed since
+            raise ConfigError(f"file list changed while it was being read ({exc}); "
+                              "tokens created so far are kept, run again to add the rest",
+                              path=str(f.list)) from None
 
     # -- tokens ---------------------------------------------------------------------------
     def __len__(self) -> int:
