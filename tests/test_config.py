@@ -226,3 +226,11 @@ def test_file_list_errors(tmp_path):
         TokenConfig.load(p4)
     with pytest.raises(ConfigError, match="no 'files' section"):
         TokenConfig.load(write(tmp_path, "n.yaml", BASE), files="links.txt")
+
+
+def test_file_list_edited_after_validation(tmp_path):
+    write(tmp_path, "l.txt", "".join(lta(1, s) + "\n" for s in range(6)))
+    cfg = TokenConfig.load(write(tmp_path, "c.yaml", BASE + "files: {list: l.txt, per_token: 2}\n"))
+    write(tmp_path, "l.txt", f"{lta(1, 0)}\n{lta(2, 0)}\n")  # a new observation appeared
+    with pytest.raises(ConfigError, match="file list changed while it was being read"):
+        list(cfg.items())
