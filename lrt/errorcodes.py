@@ -46,6 +46,8 @@ _ALL = [
          "the pilot was stopped (SIGTERM/SIGINT, walltime) and released the token; not counted"),
     Code(43, "CONFLICT_RESOLVED", "system", True,
          "a conflicting revision (CouchDB cluster) was resolved against this attempt"),
+    Code(44, "PILOT_ERROR", "system", True,
+         "the pilot failed unexpectedly while handling the token (local problem such as a full disk, or a bug)"),
     Code(50, "COMMAND_NOT_FOUND", "payload", False, "the payload command could not be executed"),
     Code(51, "BAD_TOKEN", "payload", False, "the token lacks what the pilot needs (e.g. no command)"),
     Code(60, "PAYLOAD_FAILED", "payload", False, "the payload exited with a non-zero status"),

@@ -92,6 +92,9 @@ def test_failures_retry_backoff_and_quarantine(db, couch, tmp_path):
         token("fails", ["sh", "-c", "exit 4"]),
         token("nocmd", ["/nonexistent/program"]),
         token("bad", []),
+        token("badsandbox", ["true"], sandbox={"sha256": "not-a-hash"}),
+        token("noinput", ["true"], max_attempts=1,
+              inputs=[{"url": "file:///nonexistent/lrt-test/input.dat", "checksum": None}]),
     ])
     assert run_pilot(couch.env(db.name), "--idle-exit", "4", "--poll", "0.5") == 0
     flaky = db.get("flaky")
@@ -103,6 +106,10 @@ def test_failures_retry_backoff_and_quarantine(db, couch, tmp_path):
     assert fails["state"] == "error" and fails["error"]["name"] == "PAYLOAD_FAILED" and fails["attempts"] == 1
     assert db.get("nocmd")["error"]["name"] == "COMMAND_NOT_FOUND"
     assert db.get("bad")["error"]["name"] == "BAD_TOKEN"
+    assert db.get("badsandbox")["error"]["name"] == "BAD_TOKEN"
+    noinput = db.get("noinput")  # a system error, retried: here max_attempts 1 -> quarantine
+    assert noinput["state"] == "failed" and noinput["error"]["class"] == "system"
+    assert noinput["error"]["name"] in ("STAGE_IN_FAILED", "DATA_NOT_ONLINE")
 
 
 def test_final_save_survives_concurrent_writes(db, couch, tmp_path):
@@ -306,3 +313,13 @@ def test_payload_dies_with_its_pilot(tmp_path, monkeypatch, use_setpriv):
     assert p.stdout_path.read_text().strip() == str(int(signal.SIGKILL))
     with pytest.raises(FileNotFoundError):
         runmod.Payload(["no-such-program-lrt"], tmp_path, dict(os.environ))
+
+
+def test_unexpected_pilot_error_is_recorded_not_stranded(db, couch):
+    """A local failure (here: the work dir cannot be created) ends the attempt as PILOT_ERROR."""
+    make_tokens(db, [token("w", ["true"], max_attempts=1)])
+    assert run_pilot(couch.env(db.name), "--max-tokens", "1", "--idle-exit", "3",
+                     "--workdir", "/proc/lrt-cannot-create-this") == 0
+    doc = db.get("w")
+    assert doc["state"] == "failed" and doc["error"]["name"] == "PILOT_ERROR"
+    assert doc["lease"] is None

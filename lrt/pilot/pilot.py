@@ -217,8 +217,18 @@ class Pilot:
                 continue
             if claimed is not None:
                 idle_since = None
-                self._process(claimed)
-                self._housekeeping(idle=False)
+                try:
+                    self._process(claimed)
+                except Exception as exc:  # noqa: BLE001 - never strand a claimed token
+                    log.exception("unexpected error while handling %s", claimed.id)
+                    try:
+                        self._fail(claimed, "PILOT_ERROR", f"{type(exc).__name__}: {exc}")
+                    except Exception:  # noqa: BLE001 - the lease will expire and be reaped
+                        log.exception("could not record the failure of %s", claimed.id)
+                try:
+                    self._housekeeping(idle=False)
+                except _TRANSIENT:
+                    pass
                 continue
             # no claimable work right now
             self._last_payload_end = None
