@@ -144,8 +144,7 @@ class LocalServer:
                 tail = (base / "server.out").read_text(errors="replace")[-2000:]
                 raise ServerSetupError(f"local server exited at start:\n{tail}")
             if srv.ready():
-                # pouchdb-server rewrites config.json (hashing the password) as 0644
-                os.chmod(base / "config.json", 0o600)
+                _settle_config(base / "config.json", password)
                 srv.save()
                 return srv
             time.sleep(0.05)
@@ -201,6 +200,23 @@ class LocalServer:
             return cls(**data)
         except (OSError, ValueError, TypeError):
             return None
+
+
+def _settle_config(path: Path, password: str, timeout: float = 10.0) -> None:
+    """Wait for pouchdb-server to replace the plain password by its hash, then make the file 0600.
+
+    The server rewrites config.json (world-readable) some time after it starts
+    answering; chmod before that rewrite would be undone.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if password not in path.read_text():
+                break
+        except OSError:
+            pass
+        time.sleep(0.05)
+    os.chmod(path, 0o600)
 
 
 def _port_busy(port: int) -> bool:
