@@ -323,3 +323,21 @@ def test_unexpected_pilot_error_is_recorded_not_stranded(db, couch):
     doc = db.get("w")
     assert doc["state"] == "failed" and doc["error"]["name"] == "PILOT_ERROR"
     assert doc["lease"] is None
+
+
+def test_job_wide_sigterm_releases_even_if_payload_dies_first(db, couch, tmp_path):
+    """scancel/time limit signal the payload and the pilot together: release, not PAYLOAD_SIGNALED."""
+    make_tokens(db, [token("j", ONCE_THEN_SLEEP + [str(tmp_path)])])
+    p = start_pilot(couch.env(db.name), "--idle-exit", "30")
+    try:
+        poll(lambda: (tmp_path / "pid").exists() and (tmp_path / "pid").read_text().strip(),
+             timeout=60, what="payload started")
+        pid = int((tmp_path / "pid").read_text())
+        os.kill(pid, signal.SIGTERM)  # the payload first ...
+        poll(lambda: not alive(pid), timeout=10, what="payload gone")
+        p.send_signal(signal.SIGTERM)  # ... then the pilot
+        assert p.wait(30) == 128 + signal.SIGTERM
+    finally:
+        stop(p)
+    doc = db.get("j")
+    assert doc["state"] == "todo" and doc["attempts"] == 0 and doc["error"]["name"] == "PREEMPTED"

@@ -350,6 +350,8 @@ class Pilot:
             self.stats.overheads.append(time.monotonic() - self._prev_end)
         how = self._supervise(c, p)
         ended = time.monotonic()  # overhead is measured from here to the next payload's start
+        if how == "exited" and p.exit_code != 0 and self._stopped_with(p):
+            how = "release"
         if how == "exited":
             if p.exit_code == 0:
                 output = None
@@ -386,6 +388,31 @@ class Pilot:
             self.stats.fenced += 1
             log.warning("token %s is held by another claim now; payload stopped, token left alone", c.id)
         self._last_payload_end = ended
+
+    #: how a payload looks when it was stopped together with its pilot (signal or shell's 128+N)
+    _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL)
+
+    def _stopped_with(self, p: Payload, wait: float = 2.0) -> bool:
+        """Did the payload fail because the whole job is being stopped?
+
+        A batch system stopping a job (scancel, time limit) signals every process
+        of the job at once, so the payload can die of SIGTERM a moment before the
+        pilot's own handler runs.  Such a failure is not the payload's fault: if
+        the pilot's stop signal arrives within ``wait`` seconds, the token is
+        released (not counted) instead of recorded as PAYLOAD_SIGNALED.
+        """
+        if self.stop_signal is not None:
+            return True
+        sig = p.signal_number
+        code = p.exit_code
+        if sig not in self._STOP_SIGNALS and not (code is not None and code - 128 in self._STOP_SIGNALS):
+            return False
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.stop_signal is not None:
+                return True
+            time.sleep(0.05)
+        return False
 
     @staticmethod
     def _code_name(exc: Exception, default: str) -> str:
