@@ -67,7 +67,7 @@ def test_create_status_list_show(cli, server):
     assert st == {"db": cli.dbname,
                   "types": {"demo": {"todo": 17, "done": 2, "error": 1},
                             "lofar_calib": {"staging": 4}},
-                  "states": {"staging": 4, "todo": 17, "done": 2, "error": 1}, "total": 24}
+                  "states": {"staging": 4, "todo": 17, "done": 2, "error": 1}, "total": 24, "pilots": []}
     text = cli("status").stdout.splitlines()
     assert text[0].split() == ["type", "staging", "todo", "done", "error", "total"]
     assert text[2].split() == ["demo", "0", "17", "2", "1", "20"]

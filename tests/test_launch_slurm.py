@@ -271,6 +271,9 @@ def test_status_counts_queued_and_running(run_lrt, db):
             "--pilot-args", PILOT_ARGS)
     (s,) = launch_summary(db)
     assert (s["submitted"], s["queued"], s["running"]) == (2, 2, 0)
+    status = json.loads(run_lrt("status", "--json").stdout)
+    assert [(p["batch_id"], p["queued"], p["running"]) for p in status["pilots"]] == [(s["batch_id"], 2, 0)]
+    assert "pilots (recent launches)" in run_lrt("status").stdout
     listed = json.loads(run_lrt("launch", "list", "--json").stdout)
     assert [(r["batch_id"], r["submitted"], r["queued"]) for r in listed] == [(s["batch_id"], 2, 2)]
     table = run_lrt("launch", "list").stdout.splitlines()
@@ -285,10 +288,7 @@ def test_status_counts_queued_and_running(run_lrt, db):
 @needs_pilot
 @pytest.mark.parametrize("signal_name", [
     "KILL",
-    pytest.param("TERM", marks=pytest.mark.xfail(strict=False, reason=(
-        "pilot bug (lrt/pilot/pilot.py, _supervise): Slurm's scancel/time limit sends SIGTERM to every "
-        "process of the job, so the payload can die of SIGTERM before the pilot sees its own SIGTERM; "
-        "the pilot then records PAYLOAD_SIGNALED (state error) instead of releasing the token to todo"))),
+    "TERM",
 ])
 def test_scancelled_pilots_tokens_are_recovered(signal_name, run_lrt, db, tmp_path):
     """Pilots killed by scancel mid-token; a later pilot reaps/reclaims; every token done, once."""

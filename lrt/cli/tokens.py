@@ -167,9 +167,32 @@ def format_status(st: Dict[str, Any], type: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
+def pilot_summary(db, type: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Recent pilot launches (``lrt launch``) with what the batch system says now."""
+    from ..launchers import launch_summary
+
+    return [r for r in launch_summary(db) if type is None or r.get("type") in (None, type)]
+
+
+def format_pilots(rows: List[Dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    n = lambda v: "?" if v is None else str(v)
+    lines = ["", "pilots (recent launches)", "system    batch id      type          submitted  queued  running"]
+    for r in rows:
+        lines.append(f"{str(r.get('system')):<9} {str(r.get('batch_id') or '-'):<13} "
+                     f"{str(r.get('type') or 'any'):<13} {r.get('submitted', 0):>9}  "
+                     f"{n(r.get('queued')):>6}  {n(r.get('running')):>7}")
+    return "\n".join(lines)
+
+
 def cmd_status(ctx) -> int:
     st = status_json(ctx.db, ctx.args.type)
-    ctx.out(json.dumps(st, sort_keys=False) if ctx.args.json else format_status(st, ctx.args.type))
+    st["pilots"] = pilot_summary(ctx.db, ctx.args.type)
+    if ctx.args.json:
+        ctx.out(json.dumps(st, sort_keys=False))
+    else:
+        ctx.out(format_status(st, ctx.args.type) + format_pilots(st["pilots"]))
     return 0
 
 
