@@ -56,7 +56,7 @@ TOP_KEYS = {
 }
 FILES_KEYS = ("list", "per_token", "group_by", "subbands", "one_observation")
 RETRY_KEYS = ("backoff", "payload_errors")
-SANDBOX_KEYS = ("sha256", "url")
+SANDBOX_KEYS = ("sha256", "url", "path")
 OUTPUTS_KEYS = ("dest", "globs")
 
 #: template variables every token has
@@ -510,13 +510,25 @@ class _Validator:
             if not isinstance(sandbox, dict):
                 raise self.fail("sandbox must be a mapping {sha256: ..., url: ...} or null", "sandbox")
             self.unknown(sandbox, SANDBOX_KEYS, "sandbox")
-            sha = sandbox.get("sha256")
-            if not isinstance(sha, str) or not _SHA_RE.match(sha):
-                raise self.fail("sandbox.sha256 must be 64 lowercase hex digits", "sandbox", "sha256")
-            url = sandbox.get("url")
-            if url is not None and not isinstance(url, str):
-                raise self.fail("sandbox.url must be a string", "sandbox", "url")
-            sandbox = {"sha256": sha, **({"url": url} if url else {})}
+            if "path" in sandbox:
+                # a folder: `lrt create` builds it reproducibly and uploads it once,
+                # then every token names it by its sha256 (docs/sandbox.md)
+                folder = sandbox.get("path")
+                if set(sandbox) != {"path"} or not isinstance(folder, str):
+                    raise self.fail("sandbox.path names a folder and stands alone "
+                                    "(no sha256 or url beside it)", "sandbox", "path")
+                where = (base / folder).resolve()
+                if not where.is_dir():
+                    raise self.fail(f"sandbox folder {where} does not exist", "sandbox", "path")
+                sandbox = {"path": str(where)}
+            else:
+                sha = sandbox.get("sha256")
+                if not isinstance(sha, str) or not _SHA_RE.match(sha):
+                    raise self.fail("sandbox.sha256 must be 64 lowercase hex digits", "sandbox", "sha256")
+                url = sandbox.get("url")
+                if url is not None and not isinstance(url, str):
+                    raise self.fail("sandbox.url must be a string", "sandbox", "url")
+                sandbox = {"sha256": sha, **({"url": url} if url else {})}
 
         outputs = d.get("outputs")
         if outputs is not None:

@@ -189,8 +189,9 @@ class Server:
             self.session.auth = _Auth(user, password or "")
         #: number of HTTP requests sent (each retry counts); benchmarks read it
         self.requests_sent = 0
-        #: server clock minus local clock in seconds, from the last Date header
+        #: server clock minus local clock in seconds (Date headers, refined by handler times)
         self.clock_offset: Optional[float] = None
+        self._fine_offset: Optional[float] = None
 
     def __repr__(self) -> str:
         return f"<Server {self.url} user={self.user!r}>"
@@ -259,12 +260,29 @@ class Server:
         time.sleep(delay)
 
     def _note_date(self, resp: requests.Response) -> None:
+        """Estimate the server clock from the ``Date`` header (one-second resolution).
+
+        A finer estimate from :meth:`note_server_time` is kept while the header
+        agrees with it (the header floors the server time to the second).
+        """
         date = resp.headers.get("Date")
-        if date:
-            try:
-                self.clock_offset = parsedate_to_datetime(date).timestamp() - time.time()
-            except (TypeError, ValueError):
-                pass
+        if not date:
+            return
+        try:
+            coarse = parsedate_to_datetime(date).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return
+        fine = self._fine_offset
+        if fine is not None and -1.5 <= fine - coarse <= 1.5:
+            return
+        self._fine_offset = None
+        self.clock_offset = coarse + 0.5  # the header floors: the middle of the second is closer
+
+    def note_server_time(self, server_now: float) -> None:
+        """Refine the clock estimate with a server timestamp that was just answered
+        (an update handler's ``Date.now()``): millisecond resolution, off only by
+        the response's transit time."""
+        self._fine_offset = self.clock_offset = server_now - time.time()
 
     def _error(self, resp: requests.Response, method: str, path: str) -> CouchError:
         status = resp.status_code

@@ -219,6 +219,7 @@ class TokenSet:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         total = self.validate()
+        self._publish_sandbox(db)
         res = CreateResult()
         done = 0
         # Correctness never depends on the existence check: a _bulk_docs write
@@ -272,6 +273,17 @@ class TokenSet:
                 if progress is not None:
                     progress(done, total)
         return res
+
+    def _publish_sandbox(self, db: Optional[Database]) -> None:
+        """A config naming its sandbox by folder: build it (reproducibly) and upload it
+        once, then every token names it by sha256.  Without ``db`` only the hash is made."""
+        sb = self.config.sandbox
+        if not sb or "path" not in sb:
+            return
+        from .pilot.sandbox import build
+
+        built = build(sb["path"], db)
+        self.config.sandbox = {"sha256": built.sha256}
 
     def dry_run(self, db: Optional[Database] = None, batch_size: int = 1000) -> CreateResult:
         """What :meth:`create` would do: validate, and count existing ids if ``db`` exists."""

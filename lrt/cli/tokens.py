@@ -222,6 +222,21 @@ def _job(job: Any) -> str:
     return f"{job.get('system', '?')} {job.get('id', '?')}"
 
 
+def format_timings(t: Dict[str, Any]) -> str:
+    """Claimed/started/finished as times of day (server clock), durations in seconds."""
+    parts = []
+    for k, v in t.items():
+        if k in ("claimed", "started", "finished") and isinstance(v, (int, float)):
+            parts.append(f"{k} {_dt.datetime.fromtimestamp(v, _dt.timezone.utc).strftime('%H:%M:%S.%f')[:-3]}")
+        elif k in ("wall", "cpu") and isinstance(v, (int, float)):
+            parts.append(f"{k} {v:.3f}s")
+        elif k == "max_rss_kb" and isinstance(v, (int, float)):
+            parts.append(f"max RSS {v / 1024:.1f} MiB")
+        else:
+            parts.append(f"{k} {v}")
+    return ", ".join(parts)
+
+
 def format_token(doc: Dict[str, Any]) -> str:
     """A readable summary of one token (``lrt show``)."""
     out: List[str] = []
@@ -256,7 +271,7 @@ def format_token(doc: Dict[str, Any]) -> str:
     if err:
         add(f"error     {err.get('code')} {err.get('name')} ({err.get('class')}): {err.get('message')}")
     if doc.get("timings"):
-        add("timings   " + ", ".join(f"{k}={v}" for k, v in doc["timings"].items()))
+        add("timings   " + format_timings(doc["timings"]))
     hist = doc.get("history") or []
     if hist:
         add("attempts:")

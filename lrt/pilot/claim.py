@@ -109,6 +109,8 @@ class TokenClient:
                 time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** i)))
         if not isinstance(payload, dict):
             raise CouchError(f"update handler {name} answered non-JSON (HTTP {status})", status=status)
+        if isinstance(payload.get("now"), (int, float)):
+            self.db.server.note_server_time(float(payload["now"]))
         if status == 409:
             return Answer(False, status, {"ok": False, "reason": "conflict"}, None)
         return Answer(bool(payload.get("ok")) and status < 300, status, payload, rev)

@@ -13,6 +13,9 @@ The payload contract (see README.md beside this file and docs/sandbox.md):
 
 Parameters: ``start`` (int, default 2), ``stop`` (int, required, exclusive),
 ``fail`` (bool, default false: exit 3 on purpose, to show a failing token).
+Instead of start/stop a sweep can give ``block`` and ``block_size``: the range
+is then ``[block * block_size, (block + 1) * block_size)``; ``fail_on_block``
+makes that one block fail (the demo's failing token).
 Standard library only, so it runs on any worker node with Python 3.
 """
 from __future__ import annotations
@@ -48,6 +51,16 @@ def main() -> int:
     token_id = os.environ.get("LRT_TOKEN_ID", "unknown-token")
     params = load_params()
     print(f"token {token_id}: parameters {json.dumps(params, sort_keys=True)}")
+    if "block" in params:
+        try:
+            block, size = int(params["block"]), int(params.get("block_size", 100000))
+        except (TypeError, ValueError) as exc:
+            print(f"bad parameter: {exc}", file=sys.stderr)
+            return 2
+        params.setdefault("start", max(2, block * size))
+        params.setdefault("stop", (block + 1) * size)
+        if "fail_on_block" in params and str(params["fail_on_block"]) == str(block):
+            params["fail"] = True
     if as_bool(params.get("fail", False)):
         print(f"token {token_id}: failing on purpose (parameter fail=true)", file=sys.stderr)
         return 3
