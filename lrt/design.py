@@ -11,7 +11,10 @@ Layout (one folder per design document)::
 Leading ``//`` comment lines of each file are documentation and are dropped
 before install (CouchDB and PouchDB evaluate the source as one function
 expression).  ``__LRT_TRANSITIONS__`` is replaced by the state machine's table
-from :mod:`lrt.states`, so the JavaScript handlers and Python share one source.
+and ``__LRT_HISTORY_LIMIT__`` by its history bound from :mod:`lrt.states`, so the
+JavaScript handlers and Python share one source; a line ``__LRT_PRELUDE__;``
+is replaced by the design document's ``lib/prelude.js`` (code shared by its
+update handlers).
 
 Installation is idempotent and versioned: each design document carries
 ``lrt_version`` (the package version) and ``lrt_hash`` (sha256 of its content);
@@ -28,7 +31,7 @@ from typing import Any, Dict, List, Optional
 
 from . import __version__
 from .couch import Conflict, Database
-from .states import transitions_json
+from .states import HISTORY_LIMIT, transitions_json
 
 VIEWS_DIR = Path(__file__).parent / "views"
 
@@ -42,8 +45,16 @@ def _source(path: Path) -> str:
     lines = path.read_text().splitlines()
     while lines and (lines[0].lstrip().startswith("//") or not lines[0].strip()):
         lines.pop(0)
-    text = "\n".join(lines).strip() + "\n"
-    return text.replace("__LRT_TRANSITIONS__", transitions_json())
+    out = []
+    for line in lines:
+        if line.strip() == "__LRT_PRELUDE__;":
+            # the design document's shared handler code (lib/prelude.js)
+            out.append(_source(path.parent.parent / "lib" / "prelude.js").rstrip("\n"))
+        else:
+            out.append(line)
+    text = "\n".join(out).strip() + "\n"
+    return (text.replace("__LRT_TRANSITIONS__", transitions_json())
+                .replace("__LRT_HISTORY_LIMIT__", str(HISTORY_LIMIT)))
 
 
 def build(name: str) -> Dict[str, Any]:

@@ -255,10 +255,13 @@ def test_choose_leaf_rules():
 
 
 def test_handlers_agree_with_python_constants():
-    for name in ("finish.js", "release.js", "reap.js"):
-        text = (UPDATES / name).read_text()
-        m = re.search(r"HISTORY_LIMIT = (\d+);", text)
+    from lrt import design
+
+    updates = design.build("lrt-claim")["updates"]
+    for name in ("finish", "release", "reap"):
+        m = re.search(r"HISTORY_LIMIT = (\d+);", updates[name])
         assert m and int(m.group(1)) == states.HISTORY_LIMIT, name
+        assert "__LRT" not in updates[name]
     for code in ("PILOT_LOST", "PREEMPTED", "CANCELLED"):
         e = errorcodes.get(code)
         texts = "".join(p.read_text() for p in UPDATES.glob("*.js"))

@@ -3,15 +3,8 @@
 // next heartbeat and records it cancelled.
 // PUT _design/lrt-claim/_update/cancel/<id>, body {} (optional {by}).
 function (doc, req) {
-  var T = __LRT_TRANSITIONS__;
-  var now = Date.now() / 1000;
-  var b;
-  try { b = JSON.parse(req.body || '{}'); } catch (e) { b = {}; }
-  function no(reason, extra) {
-    var r = {ok: false, reason: reason, now: now};
-    for (var k in (extra || {})) { r[k] = extra[k]; }
-    return [null, {code: 200, json: r}];
-  }
+  __LRT_PRELUDE__;
+  b = b || {};
   if (!doc) { return no('missing'); }
   if (doc.kind !== 'token') { return no('not_token'); }
   delete doc._revisions;

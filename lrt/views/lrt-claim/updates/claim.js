@@ -8,16 +8,8 @@
 // {ok: true, ...}; a refusal writes nothing and answers 200 with
 // {ok: false, reason: "..."}; a 409 means the write lost a race: call again.
 function (doc, req) {
-  var T = __LRT_TRANSITIONS__;
-  var now = Date.now() / 1000;
-  var b;
-  try { b = JSON.parse(req.body || '{}'); } catch (e) { b = null; }
+  __LRT_PRELUDE__;
   function answer(json) { json.now = now; return [null, {code: 200, json: json}]; }
-  function no(reason, extra) {
-    var r = {ok: false, reason: reason};
-    for (var k in (extra || {})) { r[k] = extra[k]; }
-    return answer(r);
-  }
   if (!b || typeof b.claim !== 'string' || !b.claim) { return no('bad_request'); }
   if (!doc) { return no('missing'); }
   if (doc.kind !== 'token') { return no('not_token'); }

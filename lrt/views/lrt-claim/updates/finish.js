@@ -6,22 +6,10 @@
 // retryable (the error code's default), timings, log_tail, output,
 // attachments: {name: {content_type, data (base64)}}}.
 function (doc, req) {
-  var T = __LRT_TRANSITIONS__;
-  // keep in step with lrt.states.HISTORY_LIMIT (a test checks they agree)
-  var HISTORY_LIMIT = 20;
-  var now = Date.now() / 1000;
-  var b;
-  try { b = JSON.parse(req.body || '{}'); } catch (e) { b = null; }
-  function no(reason, extra) {
-    var r = {ok: false, reason: reason, now: now};
-    for (var k in (extra || {})) { r[k] = extra[k]; }
-    return [null, {code: 200, json: r}];
-  }
+  __LRT_PRELUDE__;
   if (!b || !b.claim) { return no('bad_request'); }
   if (!doc) { return no('missing'); }
-  var last = (doc.history || [])[(doc.history || []).length - 1];
-  if (last && last.claim === b.claim && last.end === 'finish' && doc.state !== 'locked') {
-    // a repeated request whose first answer was lost: already recorded
+  if (repeated('finish')) {
     return [null, {code: 200, json: {ok: true, repeated: true, state: doc.state, now: now}}];
   }
   if (doc.state !== 'locked' || !doc.lease || doc.lease.claim !== b.claim) {
@@ -52,26 +40,15 @@ function (doc, req) {
   doc.error = (dst === 'done') ? null : err;
   if (b.log_tail !== undefined) { doc.log_tail = b.log_tail; }
   if (b.output !== undefined && b.output !== null) { doc.output = b.output; }
-  if (b.attachments) {
-    doc._attachments = doc._attachments || {};
-    for (var name in b.attachments) { doc._attachments[name] = b.attachments[name]; }
-  }
-  var h = doc.history || [];
-  h.push({end: 'finish', attempt: doc.attempts || 0, claim: lease.claim, pilot: lease.pilot || doc.pilot || null,
-          host: doc.host || null, batch_job: doc.batch_job || null, claimed: lease.claimed,
-          finished: now, state: dst, exit_code: doc.exit_code,
-          error: err ? {code: err.code, name: err.name} : null});
-  while (h.length > HISTORY_LIMIT) { h.shift(); }
-  doc.history = h;
+  attach(b.attachments);
+  record('finish', dst, doc.exit_code, err);
   doc.lease = null;
   doc.cancel_requested = false;
   doc.updated = now;
   if (dst === 'todo') {
     var backoff = (doc.retry && typeof doc.retry.backoff === 'number') ? doc.retry.backoff : 30;
     doc.not_before = now + backoff * Math.pow(2, Math.max(0, (doc.attempts || 1) - 1));
-    doc.pilot = null;
-    doc.host = null;
-    doc.batch_job = null;
+    unlease();
   }
   return [doc, {json: {ok: true, state: dst, now: now, not_before: doc.not_before || null}}];
 }

@@ -3,14 +3,7 @@
 // leaves the token alone).  Also tells the pilot whether a cancel was asked.
 // PUT _design/lrt-claim/_update/heartbeat/<id>, body {claim, lease_seconds}.
 function (doc, req) {
-  var now = Date.now() / 1000;
-  var b;
-  try { b = JSON.parse(req.body || '{}'); } catch (e) { b = null; }
-  function no(reason, extra) {
-    var r = {ok: false, reason: reason, now: now};
-    for (var k in (extra || {})) { r[k] = extra[k]; }
-    return [null, {code: 200, json: r}];
-  }
+  __LRT_PRELUDE__;
   if (!b || !b.claim) { return no('bad_request'); }
   if (!doc) { return no('missing'); }
   if (doc.state !== 'locked' || !doc.lease || doc.lease.claim !== b.claim) {
