@@ -115,6 +115,17 @@ def install(db: Database, only: Optional[List[str]] = None) -> Dict[str, str]:
     return result
 
 
+def ensure(db: Database) -> Dict[str, str]:
+    """Create the database if it does not exist (server admin on CouchDB 3), then
+    install or upgrade the design documents; returns what :func:`install` returns,
+    plus ``{"database": "created"}`` when it was made."""
+    created = db.create()
+    result = install(db)
+    if created:
+        result = dict(database="created", **result)
+    return result
+
+
 def installed_version(db: Database, name: str = MONITOR_DDOC) -> Optional[str]:
     doc = db.get_or_none(f"_design/{name}")
     return None if doc is None else doc.get("lrt_version")

@@ -444,7 +444,14 @@ class TokenList:
 
     def reset(self, dry_run: bool = False, force: bool = False,
               now: Optional[float] = None) -> BulkOutcome:
-        """Move the selected tokens back to ``todo`` (lease, error, exit code cleared; attempts kept)."""
+        """Move the selected tokens back to ``todo`` with a fresh attempt budget.
+
+        Lease, error and exit code are cleared and ``attempts`` starts again at 0:
+        a reset is a person deciding the token deserves ``max_attempts`` more
+        tries (a ``failed`` token that kept its count would fail on its first
+        error).  The attempt ``history`` is kept, so nothing about the earlier
+        attempts is lost.
+        """
         if self.state is None:
             raise LrtError("reset needs a state (e.g. --state error)")
         states.check(self.state, State.TODO)
@@ -452,8 +459,8 @@ class TokenList:
         t = time.time() if now is None else now
 
         def change(tok: Token) -> Dict[str, Any]:
-            tok.transition(State.TODO, now=t, fields={"not_before": None, "cancel_requested": False},
-                           reason="reset")
+            tok.transition(State.TODO, now=t, reason="reset",
+                           fields={"not_before": None, "cancel_requested": False, "attempts": 0})
             return tok
 
         return self._bulk(change, dry_run)

@@ -109,7 +109,7 @@ def test_reset_and_delete(cli, server):
     out = json.loads(cli("reset", "--state", "error", "--type", "demo", "--json").stdout)
     assert out["changed"] == 4 and out["conflicts"] == 0 and out["dry_run"] is False
     doc = db.get("demo_00")
-    assert doc["state"] == "todo" and doc["attempts"] == 1 and doc["exit_code"] is None
+    assert doc["state"] == "todo" and doc["attempts"] == 0 and doc["exit_code"] is None
 
     r = cli("delete", "--type", "demo")
     assert r.returncode == 2 and "--yes" in r.stderr

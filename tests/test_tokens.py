@@ -150,12 +150,12 @@ def test_views_count_mixed_states_and_bulk_changes(db, tmp_path):
     assert TokenList(db, "error", "sw").count() == 4
     assert list(TokenList(db, "done").ids()) == [f"sw_{i:06d}" for i in range(6)]
 
-    # reset: error -> todo, clears exit code and lease, keeps attempts
+    # reset: error -> todo, clears exit code and lease, fresh attempt budget
     res = TokenList(db, "error", "sw", page_size=3).reset()
     assert (res.matched, res.changed, res.conflicts) == (4, 4, 0)
     doc = db.get("sw_000009")
     assert doc["state"] == "todo" and doc["exit_code"] is None and doc["lease"] is None
-    assert doc["attempts"] == 1 and doc["last_transition"]["from"] == "error"
+    assert doc["attempts"] == 0 and doc["last_transition"]["from"] == "error"
     # a reset of todo tokens is an illegal transition: refused before any write
     with pytest.raises(TransitionError):
         TokenList(db, "todo", "sw").reset()

@@ -56,9 +56,6 @@ def cmd_status(ctx) -> int:
 
 def cmd_views_install(ctx) -> int:
     db = ctx.db
-    created = db.create()
-    if created:
-        ctx.out(f"created database {db.name}")
-    for name, what in design.install(db).items():
-        ctx.out(f"_design/{name}: {what}")
+    for name, what in design.ensure(db).items():
+        ctx.out(f"created database {db.name}" if name == "database" else f"_design/{name}: {what}")
     return 0

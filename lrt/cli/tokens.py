@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="the raw document")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("reset", help="move tokens of a state back to todo (attempts are kept)")
+    p = sub.add_parser("reset", help="move tokens of a state back to todo (fresh attempt budget; history kept)")
     p.add_argument("--state", required=True, help="state to reset: error, failed, done, cancelled, ...")
     p.add_argument("--type", help="only this token type")
     p.add_argument("--dry-run", action="store_true", help="count only")
@@ -112,9 +112,7 @@ def cmd_create(ctx) -> int:
             ctx.out(f"{n} tokens valid in {ts.name}: would create {res.created}, "
                     f"{res.present} already present{where}")
         return 0
-    if not db.exists():
-        db.create()
-    design.install(db)
+    design.ensure(db)
     progress, close = _progress_bar(n)
     try:
         res = ts.create(db, batch_size=a.batch_size, progress=progress)
