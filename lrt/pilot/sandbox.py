@@ -403,8 +403,10 @@ def _gfal2_download(url: str, sha256: str, dest: IO[bytes]) -> None:
     try:
         ctx = gfal2.creat_context()
         fh = ctx.open(url, "r")
+        # read() decodes to str (and fails on binary data); read_bytes() does not
+        read = getattr(fh, "read_bytes", None) or fh.read
         while True:
-            chunk = fh.read(_CHUNK)
+            chunk = read(_CHUNK)
             if not chunk:
                 break
             dest.write(chunk if isinstance(chunk, bytes) else chunk.encode("latin-1"))
