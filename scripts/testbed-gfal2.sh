@@ -15,19 +15,9 @@ set -euo pipefail
 VENV=${1:?usage: $0 VENV}
 export DEBIAN_FRONTEND=noninteractive
 
-pkgs=(gfal2 python3-gfal2 gfal2-plugin-file gfal2-plugin-http gfal2-plugin-mock
-      gfal2-plugin-xrootd gfal2-util-scripts python3-gfal2-util)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "testbed-gfal2: installing ${missing[*]}"
-    apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
-        apt-get update >/dev/null
-        apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
-    }
-fi
+. "$(dirname "$0")/apt-ensure.sh"
+apt_ensure testbed-gfal2 gfal2 python3-gfal2 gfal2-plugin-file gfal2-plugin-http gfal2-plugin-mock \
+    gfal2-plugin-xrootd gfal2-util-scripts python3-gfal2-util
 
 [ -x "$VENV/bin/python" ] || { echo "testbed-gfal2: no venv at $VENV" >&2; exit 1; }
 so=$(ls /usr/lib/python3/dist-packages/gfal2.cpython-*.so 2>/dev/null | head -1)

@@ -12,17 +12,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-pkgs=(xrootd-server xrootd-client libxrootd-server-dev g++ gcc libc6-dev)
-missing=()
-for p in "${pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "testbed-xrootd: installing ${missing[*]}"
-    apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
-        apt-get update >/dev/null
-        apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
-    }
-fi
+. "$(dirname "$0")/apt-ensure.sh"
+apt_ensure testbed-xrootd xrootd-server xrootd-client libxrootd-server-dev g++ gcc libc6-dev
 getent passwd xrootd >/dev/null || useradd -r -M -s /bin/false xrootd
 echo "testbed-xrootd: $(xrootd -v 2>&1 | head -1) ready (servers are started by the tests)"
