@@ -19,6 +19,8 @@ from typing import Callable, Dict, List
 import pytest
 
 from lrt.launchers import launch_records, launch_summary
+from pilot_helpers import make_tokens as write_tokens
+from pilot_helpers import poll, token
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,43 +44,17 @@ pytestmark = pytest.mark.skipif(bool(_WHY), reason=_WHY)
 PILOT_ARGS = "--idle-exit 3 --poll 1"
 
 
-def _pilot_missing() -> bool:
-    res = subprocess.run([sys.executable, "-m", "lrt.cli", "pilot", "--help"], cwd=str(ROOT), capture_output=True,
-                         text=True, timeout=60)
-    return res.returncode != 0 and "invalid choice: 'pilot'" in res.stderr
-
-
-needs_pilot = pytest.mark.skipif(not _WHY and _pilot_missing(), reason="`lrt pilot` is not in this tree")
-
-
 def wait_for(cond: Callable[[], object], timeout: float, what: str, interval: float = 0.5):
-    deadline = time.time() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    return poll(cond, timeout, interval, what)
 
 
 def make_tokens(db, ttype: str, n: int, command: List[str], prefix: str) -> List[str]:
     """Tokens per the shared schema v1, written directly."""
     now = time.time()
-    docs = []
-    for i in range(n):
-        tid = f"{prefix}-{i:03d}"
-        docs.append({
-            "_id": tid, "kind": "token", "schema": 1, "type": ttype, "state": "todo", "priority": 0,
-            "created": now + i * 1e-3, "updated": now, "tokenset": "launch-test", "attempts": 0,
-            "max_attempts": 3, "retry": {"backoff": 0, "payload_errors": False}, "not_before": None,
-            "expected_duration": None, "timeout": None, "command": command, "sandbox": None,
-            "payload": {"n": tid}, "inputs": [], "outputs": None, "needs_staging": False, "lease": None,
-            "pilot": None, "host": None, "batch_job": None, "exit_code": None, "error": None, "timings": {},
-            "output": [], "log_tail": None, "history": [], "cancel_requested": False})
-    res = db.bulk_docs(docs)
-    assert sorted(res.ok) == sorted(d["_id"] for d in docs)
-    return [d["_id"] for d in docs]
+    ids = [f"{prefix}-{i:03d}" for i in range(n)]
+    return write_tokens(db, (token(tid, command, type=ttype, created=now + i * 1e-3, tokenset="launch-test",
+                                   retry={"backoff": 0, "payload_errors": False}, payload={"n": tid})
+                             for i, tid in enumerate(ids)))
 
 
 def state_counts(db, ttype: str) -> Dict[str, int]:
@@ -242,7 +218,6 @@ def test_nothing_is_submitted_when_the_record_cannot_be_written(run_lrt, couch, 
 
 # ---------------------------------------------------------------- pilots drain tokens
 
-@needs_pilot
 def test_pilot_array_drains_tokens(run_lrt, db):
     ids = make_tokens(db, "drain", 30, ["true"], "drain")
     out = run_lrt("launch", "slurm", "--pilots", "3", "--type", "drain", "--time", "00:10:00",
@@ -264,7 +239,6 @@ def test_pilot_array_drains_tokens(run_lrt, db):
         ("slurm", rec["batch_id"], 3, 0, 0)
 
 
-@needs_pilot
 def test_status_counts_queued_and_running(run_lrt, db):
     """Two pilots held at the start: status says queued; released with no work, they end."""
     run_lrt("launch", "slurm", "--pilots", "2", "--type", "nothing", "--sbatch-arg=--hold",
@@ -285,7 +259,6 @@ def test_status_counts_queued_and_running(run_lrt, db):
     assert launch_summary(db)[0]["queued"] == 0
 
 
-@needs_pilot
 @pytest.mark.parametrize("signal_name", [
     "KILL",
     "TERM",
@@ -335,7 +308,6 @@ def test_scancelled_pilots_tokens_are_recovered(signal_name, run_lrt, db, tmp_pa
 
 # ---------------------------------------------------------------- afterok chain
 
-@needs_pilot
 def test_afterok_chain(run_lrt, db):
     first = make_tokens(db, "stage1", 6, ["sleep", "1"], "s1")
     second = make_tokens(db, "stage2", 4, ["true"], "s2")
@@ -358,7 +330,6 @@ def test_afterok_chain(run_lrt, db):
 
 # ---------------------------------------------------------------- elastic launcher
 
-@needs_pilot
 def test_elastic_launcher_submits_to_the_backlog_and_stops(run_lrt, db):
     make_tokens(db, "elastic", 30, ["true"], "el")
     res = run_lrt("launch", "slurm", "--auto", "--type", "elastic", "--max-pilots", "2", "--tokens-per-pilot",
