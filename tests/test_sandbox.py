@@ -257,6 +257,20 @@ def test_hostile_archive_refused_nothing_extracted(db, tmp_path, case):
     assert list(dest.iterdir()) == []
 
 
+def test_extracted_size_is_capped(db, tmp_path, monkeypatch):
+    """A small archive declaring more bytes than the cap (a zip bomb) is refused unextracted."""
+    data = _tar(lambda tf: (_file(tf, "a.bin", b"\0" * 600), _file(tf, "b.bin", b"\0" * 600)))
+    assert len(data) < 600  # zeros compress: the archive is far smaller than what it declares
+    sha = store_raw(db, data)
+    monkeypatch.setenv("LRT_SANDBOX_MAX_BYTES", "1000")
+    with pytest.raises(SandboxError) as ei:
+        sandbox.fetch_sandbox(db, sha, tmp_path / "cache")
+    assert ei.value.code == 12 and "'b.bin'" in str(ei.value) and "1000 bytes" in str(ei.value)
+    assert cache_leftovers(tmp_path / "cache") == []
+    monkeypatch.setenv("LRT_SANDBOX_MAX_BYTES", "1200")
+    assert (sandbox.fetch_sandbox(db, sha, tmp_path / "cache") / "b.bin").stat().st_size == 600
+
+
 def test_setuid_bits_stripped_and_tar_dot_layout_accepted(db, tmp_path):
     def build(tf):
         _dir(tf, ".")

@@ -63,6 +63,17 @@ MAX_LINK_DEPTH = 40
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+#: default cap on a sandbox's extracted size (bytes); LRT_SANDBOX_MAX_BYTES overrides.
+#: A few kB of gzip can declare gigabytes of zeros: the cap keeps a hostile or
+#: mistaken sandbox from filling a worker node's disk.
+MAX_EXTRACTED_BYTES = 8 << 30
+
+
+def max_extracted_bytes() -> int:
+    try:
+        return int(os.environ.get("LRT_SANDBOX_MAX_BYTES", "")) or MAX_EXTRACTED_BYTES
+    except ValueError:
+        return MAX_EXTRACTED_BYTES
 
 SANDBOX_DOWNLOAD = errorcodes.get("SANDBOX_DOWNLOAD").code  # 10
 SANDBOX_HASH = errorcodes.get("SANDBOX_HASH").code  # 11
@@ -552,8 +563,14 @@ def check_members(members: Sequence[tarfile.TarInfo]) -> None:
 
     seen: Dict[str, Tuple[int, tarfile.TarInfo]] = {}
     links: Dict[str, str] = {}
+    limit, total = max_extracted_bytes(), 0
     for pos, m in enumerate(members):
         name = m.name
+        if m.isreg():
+            total += m.size
+            if total > limit:
+                raise bad(m, f"takes the extracted size past {limit} bytes "
+                             "(LRT_SANDBOX_MAX_BYTES)")
         if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
             raise bad(m, "has an absolute path")
         if "\\" in name:
