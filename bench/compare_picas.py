@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from lrt import design  # noqa: E402
 from lrt.couch import Database, Server  # noqa: E402
 from lrt.server import LocalServer, free_port  # noqa: E402
+from benchlib import cpu_seconds as server_cpu  # noqa: E402
 
 VENV = HERE / ".venv-picas"
 VENV_PY = VENV / "bin" / "python"
@@ -80,11 +81,6 @@ def ensure_picas_venv() -> None:
     subprocess.run([str(VENV_PY), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                     "-r", str(HERE / "requirements-picas.txt")], check=True)
 
-
-def server_cpu(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def lrt_token(i: int, now: float) -> Dict[str, Any]:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from lrt import design  # noqa: E402
 from lrt.couch import Database, Server  # noqa: E402
 from lrt.tokens import TokenSet  # noqa: E402
+from benchlib import bench_server  # noqa: E402
 
 CONFIG = """\
 type: bench
@@ -51,19 +52,6 @@ payload:
 sweep:
   i: {{range: [0, {n}]}}
 """
-
-
-def connect(tmp: Path) -> "tuple[Server, Any, str]":
-    """(server, local server to stop or None, password for the child process)."""
-    if os.environ.get("LRT_COUCH_URL"):
-        from lrt.settings import resolve
-
-        st = resolve(use_local=False)
-        return st.server(), None, st.password or ""
-    from lrt.server import LocalServer, free_port
-
-    local = LocalServer.start(base=tmp / "couch", port=free_port())
-    return Server(local.url, local.user, local.password), local, local.password
 
 
 def fresh_db(server: Server, tag: str) -> Database:
@@ -170,8 +158,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="lrt-bench-") as tmpd:
         tmp = Path(tmpd)
-        server, local, password = connect(tmp)
-        try:
+        with bench_server(tmp) as (server, _local, server_env):
+            password = server_env.get("LRT_COUCH_PASSWORD", "")
             info = server.info()
             print(f"server: {info.get('vendor', {}).get('name', '?')} {info.get('version', '?')} "
                   f"at {server.url}; python {sys.version.split()[0]}; batch {a.batch_size}")
@@ -211,10 +199,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                 else:
                     print(f"  contrast: holding the same {m} documents in a list: peak RSS "
                           f"{r['maxrss_kb'] / 1024:.1f} MiB (before: {r['rss_before_kb'] / 1024:.1f} MiB)")
-        finally:
-            server.close()
-            if local is not None:
-                local.stop()
     return 0
 
 

@@ -37,17 +37,7 @@ sys.path.insert(0, str(ROOT))
 from lrt import design  # noqa: E402
 from lrt.couch import Server  # noqa: E402
 from lrt.server import LocalServer, free_port  # noqa: E402
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def server_pids(pid: int) -> list:
-    """The server process (node is the session leader we started)."""
-    return [pid]
+from benchlib import cpu_seconds  # noqa: E402
 
 
 def run(srv: LocalServer, admin: Server, n_pilots: int, n_tokens: int, work: Path) -> dict:

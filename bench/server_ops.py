@@ -10,13 +10,12 @@ write on this server.
 
     python3 bench/server_ops.py [--n 300]
 
-Starts its own local server unless LRT_COUCH_URL is set (then the server's CPU
-is not readable and only wall times are printed).
+Always starts its own local server (in a temporary folder): the figures need
+the server process's CPU time, which only a server on this machine gives.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -25,58 +24,47 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchlib import bench_server, cpu_seconds  # noqa: E402
 from lrt import design  # noqa: E402
-from lrt.server import LocalServer, free_port  # noqa: E402
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=300, help="operations per kind")
     n = ap.parse_args().n
-    with tempfile.TemporaryDirectory(prefix="lrt-bench-ops-") as tmp:
-        srv = LocalServer.start(base=Path(tmp) / "couch", port=free_port())
-        try:
-            from lrt.couch import Server
+    with tempfile.TemporaryDirectory(prefix="lrt-bench-ops-") as tmp, \
+            bench_server(Path(tmp), use_configured=False) as (server, srv, _env):
+        db = server.database("ops")
+        design.ensure(db)
+        db.bulk_docs([{"_id": f"d{i:05d}", "kind": "token", "type": "x", "state": "todo",
+                       "created": i, "v": 0} for i in range(n)])
+        docs = [db.get(f"d{i:05d}") for i in range(n)]
+        db.view("lrt-claim", "todo", limit=1)  # index built before measuring
 
-            db = Server(srv.url, srv.user, srv.password).database("ops")
-            design.ensure(db)
-            db.bulk_docs([{"_id": f"d{i:05d}", "kind": "token", "type": "x", "state": "todo",
-                           "created": i, "v": 0} for i in range(n)])
-            docs = [db.get(f"d{i:05d}") for i in range(n)]
-            db.view("lrt-claim", "todo", limit=1)  # index built before measuring
+        def measure(label, fn):
+            c0, t0 = cpu_seconds(srv.pid), time.perf_counter()
+            fn()
+            c1, t1 = cpu_seconds(srv.pid), time.perf_counter()
+            print(f"| {label} | {(c1 - c0) / n * 1000:.2f} | {(t1 - t0) / n * 1000:.2f} |")
 
-            def measure(label, fn):
-                c0, t0 = cpu_seconds(srv.pid), time.perf_counter()
-                fn()
-                c1, t1 = cpu_seconds(srv.pid), time.perf_counter()
-                print(f"| {label} | {(c1 - c0) / n * 1000:.2f} | {(t1 - t0) / n * 1000:.2f} |")
+        print(f"N = {n} per row; server CPU and wall time per operation\n")
+        print("| operation | server CPU ms/op | wall ms/op |\n|---|---:|---:|")
+        measure("GET document", lambda: [db.get(d["_id"]) for d in docs])
 
-            print(f"N = {n} per row; server CPU and wall time per operation\n")
-            print("| operation | server CPU ms/op | wall ms/op |\n|---|---:|---:|")
-            measure("GET document", lambda: [db.get(d["_id"]) for d in docs])
-
-            def puts():
-                for d in docs:
-                    d["v"] = 1
-                    db.put(d)
-            measure("PUT document with _rev", puts)
-            measure("`_update/heartbeat` refusal (no write)", lambda: [
-                db.update_handler("lrt-claim", "heartbeat", d["_id"], body={"claim": "none"}) for d in docs])
-            measure("`_update/claim` (write)", lambda: [
-                db.update_handler("lrt-claim", "claim", d["_id"], body={"claim": f"c{i}", "lease_seconds": 60})
-                for i, d in enumerate(docs)])
-            c0 = cpu_seconds(srv.pid)
-            db.view("lrt-claim", "todo", limit=1)
-            print(f"| claim-view index update, per changed document | "
-                  f"{(cpu_seconds(srv.pid) - c0) / n * 1000:.2f} | |")
-        finally:
-            srv.stop()
+        def puts():
+            for d in docs:
+                d["v"] = 1
+                db.put(d)
+        measure("PUT document with _rev", puts)
+        measure("`_update/heartbeat` refusal (no write)", lambda: [
+            db.update_handler("lrt-claim", "heartbeat", d["_id"], body={"claim": "none"}) for d in docs])
+        measure("`_update/claim` (write)", lambda: [
+            db.update_handler("lrt-claim", "claim", d["_id"], body={"claim": f"c{i}", "lease_seconds": 60})
+            for i, d in enumerate(docs)])
+        c0 = cpu_seconds(srv.pid)
+        db.view("lrt-claim", "todo", limit=1)
+        print(f"| claim-view index update, per changed document | "
+              f"{(cpu_seconds(srv.pid) - c0) / n * 1000:.2f} | |")
 
 
 if __name__ == "__main__":

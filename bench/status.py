@@ -24,15 +24,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lrt import design, states  # noqa: E402
 from lrt.cli.tokens import status_json  # noqa: E402
-from lrt.couch import Server  # noqa: E402
 from lrt.tokens import TokenSet  # noqa: E402
+from benchlib import bench_server  # noqa: E402
 
 CONFIG = """\
 type: {type}
@@ -41,20 +41,6 @@ command: ["python3", "process.py"]
 sweep:
   i: {{range: [0, {n}]}}
 """
-
-
-def connect(tmp: Path) -> "tuple[Server, Any, dict]":
-    """(server, local server to stop or None, environment for the CLI subprocess)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), LRT_CONFIG="/nonexistent/lrt-config.yaml")
-    if os.environ.get("LRT_COUCH_URL"):
-        from lrt.settings import resolve
-
-        return resolve(use_local=False).server(), None, env
-    from lrt.server import LocalServer, free_port
-
-    local = LocalServer.start(base=tmp / "couch", port=free_port())
-    env.update(LRT_COUCH_URL=local.url, LRT_COUCH_USER=local.user, LRT_COUCH_PASSWORD=local.password)
-    return Server(local.url, local.user, local.password), local, env
 
 
 def populate(db, tmp: Path, n: int) -> None:
@@ -80,8 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lrt-bench-") as tmpd:
         tmp = Path(tmpd)
-        server, local, env = connect(tmp)
-        try:
+        with bench_server(tmp) as (server, _local, env):
             info = server.info()
             print(f"server: {info.get('vendor', {}).get('name', '?')} {info.get('version', '?')} "
                   f"at {server.url}; python {sys.version.split()[0]}")
@@ -120,10 +105,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                 finally:
                     db.delete()
             print(out.stdout.rstrip())
-        finally:
-            server.close()
-            if local is not None:
-                local.stop()
     return 0
 
 
