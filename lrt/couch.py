@@ -164,7 +164,7 @@ class Server:
     def __init__(self, url: str, user: Optional[str] = None, password: Optional[str] = None, *,
                  verify: Union[bool, str] = True, timeout: Tuple[float, float] = (10.0, 120.0),
                  retries: int = 6, backoff: float = 0.25, max_backoff: float = 30.0,
-                 pool_size: int = 10):
+                 pool_size: int = 10, cookie_auth: bool = False):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise LrtError(f"not a CouchDB URL (want http[s]://host:port): {redact_url(url)}")
@@ -185,10 +185,19 @@ class Server:
         self.session.trust_env = False  # no proxy / netrc surprises; settings.py reads netrc itself
         self.session.headers.update({"Accept": "application/json",
                                      "User-Agent": "lrt (python-requests)"})
+        self._basic: Optional[_Auth] = None
         if user is not None:
-            self.session.auth = _Auth(user, password or "")
+            self._basic = _Auth(user, password or "")
+            self.session.auth = self._basic
+        #: "basic" (every request carries the password), "cookie" (logged in once through
+        #: /_session; requests carry the AuthSession cookie), or "wanted" (cookie_auth
+        #: asked for, login not tried yet).  See :meth:`_login`.
+        self.auth_mode = "wanted" if (cookie_auth and user is not None) else "basic"
         #: number of HTTP requests sent (each retry counts); benchmarks read it
         self.requests_sent = 0
+        #: requests sent again after a connection error, 5xx or 429 (a replayed write may
+        #: already have been applied: callers that care compare this before and after)
+        self.replays = 0
         #: server clock minus local clock in seconds (Date headers, refined by handler times)
         self.clock_offset: Optional[float] = None
         self._fine_offset: Optional[float] = None
@@ -223,10 +232,15 @@ class Server:
             hdrs["Content-Type"] = "application/json"
         replayable = retry and (body is None or isinstance(body, (bytes, str)))
         enc = _encode_params(params)
+        if self.auth_mode == "wanted":
+            self._login()
+        relogged = False
         attempt = 0
         while True:
             attempt += 1
             self.requests_sent += 1
+            if attempt > 1:
+                self.replays += 1
             try:
                 resp = self.session.request(method, url, params=enc, data=body, headers=hdrs,
                                             stream=stream, timeout=timeout or self.timeout)
@@ -244,9 +258,54 @@ class Server:
                 resp.close()
                 self._sleep(attempt, retry_after, f"{method} {path}: HTTP {status}")
                 continue
+            if status == 401 and self.auth_mode == "cookie" and not relogged and replayable:
+                # the AuthSession cookie expired (CouchDB: [chttpd_auth] timeout, 600 s by
+                # default, unless refreshed by use): log in again, once, and resend
+                resp.close()
+                relogged = True
+                self._login()
+                attempt -= 1
+                continue
             if status >= 400 and status not in ok:
                 raise self._error(resp, method, path)
             return resp
+
+    def _login(self) -> None:
+        """Switch to cookie authentication: one ``POST /_session`` with the password.
+
+        Why: with basic auth every request makes the server verify the password
+        (a PBKDF2 hash on Apache CouchDB; about 1 ms of server CPU per request on
+        the local server), while a session cookie is checked with one HMAC.  A
+        pilot makes thousands of requests, so it logs in once.  The cookie is a
+        credential too: it lives only in this session's cookie jar, never in
+        logs.  A wrong password raises :class:`Unauthorized` at once (never
+        retried); a server without ``/_session`` (or one that sets no cookie)
+        keeps basic auth.
+        """
+        basic = self._basic
+        if basic is None:
+            self.auth_mode = "basic"
+            return
+        self.session.auth = None
+        self.session.cookies.clear()
+        try:
+            resp = self.session.post(self.url + "/_session", timeout=self.timeout,
+                                     data=json.dumps({"name": basic.username, "password": basic.password}),
+                                     headers={"Content-Type": "application/json"})
+        except (requests.ConnectionError, requests.Timeout):
+            self.session.auth = basic  # try again with the next request
+            return
+        self.requests_sent += 1
+        self._note_date(resp)
+        if resp.status_code in (401, 403):
+            self.session.auth = basic
+            raise self._error(resp, "POST", "/_session")
+        if resp.status_code >= 300 or "AuthSession" not in self.session.cookies:
+            log.info("no session cookie from %s (HTTP %s): keeping basic auth", self.url, resp.status_code)
+            self.session.auth = basic
+            self.auth_mode = "basic"
+            return
+        self.auth_mode = "cookie"
 
     def _sleep(self, attempt: int, retry_after: Optional[str], why: str) -> None:
         delay = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))

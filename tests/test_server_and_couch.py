@@ -114,3 +114,40 @@ def test_local_server_state_is_private(couch):
         mode = stat.S_IMODE(os.stat(Path(couch.local.base) / f).st_mode)
         assert mode == 0o600, (f, oct(mode))
     assert couch.password not in repr(couch.local)
+
+
+def test_cookie_auth_logs_in_once_and_sends_no_password(couch, empty_db):
+    s = Server(couch.url, couch.user, couch.password, cookie_auth=True)
+    db = s.database(empty_db.name)
+    db.put({"_id": "a"})
+    assert s.auth_mode == "cookie"
+    assert s.session.auth is None  # later requests carry the cookie, not the password
+    assert "_admin" in s.session_info()["userCtx"]["roles"]
+    # an admin-only request works on the cookie alone
+    assert empty_db.name in s.all_dbs()
+    s.database(c.quote_id("lrt_cookie_probe")).create()
+    s.database("lrt_cookie_probe").delete()
+
+
+def test_cookie_auth_logs_in_again_when_the_cookie_is_refused(couch, empty_db):
+    empty_db.set_security(members={"names": [couch.user], "roles": []})
+    s = Server(couch.url, couch.user, couch.password, cookie_auth=True)
+    db = s.database(empty_db.name)
+    db.put({"_id": "a"})
+    assert s.auth_mode == "cookie"
+    # an expired or revoked session: the server no longer knows this cookie
+    s.session.cookies.clear()
+    s.session.cookies.set("AuthSession", "bm9ib2R5OjAwMDAwMDAwOmJhZA")
+    sent = s.requests_sent
+    assert db.get("a")["_id"] == "a"
+    assert s.auth_mode == "cookie" and s.requests_sent - sent == 3  # refused, login, resend
+
+
+def test_cookie_auth_with_a_wrong_password_fails_at_once(couch, empty_db, caplog):
+    secret = "Wr0ng-Pa55word"
+    s = Server(couch.url, couch.user, secret, cookie_auth=True)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(c.AuthError) as ei:
+        s.database(empty_db.name).get("x")
+    assert s.requests_sent == 1
+    assert secret not in str(ei.value) and secret not in caplog.text

@@ -650,4 +650,4 @@ def pilot_database(settings: Any) -> Database:
     The pilot has its own retry loops (claim, finish, heartbeat) that watch the
     lease; the HTTP layer must not block one request for minutes.
     """
-    return settings.database(timeout=(5.0, 60.0), retries=3, max_backoff=4.0)
+    return settings.database(timeout=(5.0, 60.0), retries=3, max_backoff=4.0, cookie_auth=True)
