@@ -40,7 +40,8 @@ from lrt.server import LocalServer, free_port  # noqa: E402
 from benchlib import cpu_seconds  # noqa: E402
 
 
-def run(srv: LocalServer, admin: Server, n_pilots: int, n_tokens: int, work: Path) -> dict:
+def run(srv: LocalServer, admin: Server, n_pilots: int, n_tokens: int, work: Path,
+        batch: int = 0) -> dict:
     db = admin.database(f"bench_pilots_{n_pilots}_{int(time.time())}")
     db.create()
     design.install(db)
@@ -56,13 +57,13 @@ def run(srv: LocalServer, admin: Server, n_pilots: int, n_tokens: int, work: Pat
     env = dict(os.environ, LRT_COUCH_URL=srv.url, LRT_COUCH_USER=srv.user,
                LRT_COUCH_PASSWORD=srv.password, LRT_COUCH_DB=db.name,
                LRT_CONFIG="/nonexistent/lrt-config.yaml", PYTHONPATH=str(ROOT))
-    out = work / f"p{n_pilots}"
-    out.mkdir()
+    out = Path(tempfile.mkdtemp(prefix=f"p{n_pilots}-", dir=work))
     cpu0 = cpu_seconds(srv.pid)
     t0 = time.time()
     procs = [subprocess.Popen([sys.executable, "-m", "lrt.cli", "pilot", "--type", "bench",
                                "--idle-exit", "2", "--poll", "1", "--workdir", str(out / f"w{k}"),
-                               "--stats", str(out / f"s{k}.json")],
+                               "--stats", str(out / f"s{k}.json")]
+                              + (["--batch", str(batch)] if batch else []),
                               env=env, cwd=str(ROOT), stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for k in range(n_pilots)]
@@ -96,6 +97,7 @@ def run(srv: LocalServer, admin: Server, n_pilots: int, n_tokens: int, work: Pat
         "claims_per_token": round(claims / n_tokens, 2),
         "lost_per_claim": round(lost / claims, 3) if claims else None,
         "view_queries": sum(s["view_queries"] for s in stats),
+        "claims_with_finish": sum(s.get("combined", 0) for s in stats),
         "median_overhead_ms": round(1000 * statistics.median(overheads), 1) if overheads else None,
         "max_pilot_rss_mb": round(max(s["rss_kb"] for s in stats) / 1024, 1),
         "server_cpu_ms_per_token": round(1000 * (cpu1 - cpu0) / n_tokens, 2),
@@ -107,6 +109,9 @@ def main() -> int:
     ap.add_argument("--pilots", default="1,8,32")
     ap.add_argument("--tokens", type=int, default=2000)
     ap.add_argument("--tokens-single", type=int, default=500, help="tokens for the 1-pilot run")
+    ap.add_argument("--batch", type=int, default=0, help="pass --batch N to the pilots (0: their default)")
+    ap.add_argument("--warmup", type=int, default=500,
+                    help="tokens of an unrecorded warm-up drain, 8 pilots (0: none)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="lrt-bench-pilots-") as tmp:
@@ -115,9 +120,11 @@ def main() -> int:
         try:
             admin = Server(srv.url, srv.user, srv.password)
             results = []
+            if a.warmup:  # unrecorded: V8 compiles the server's hot paths first (see compare_picas.py)
+                run(srv, admin, 8, a.warmup, work, a.batch)
             for n in [int(x) for x in a.pilots.split(",")]:
                 load = os.getloadavg()[0]
-                r = run(srv, admin, n, a.tokens_single if n == 1 else a.tokens, work)
+                r = run(srv, admin, n, a.tokens_single if n == 1 else a.tokens, work, a.batch)
                 r["load_before"] = round(load, 1)
                 results.append(r)
                 print(json.dumps(r), flush=True)

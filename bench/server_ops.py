@@ -2,11 +2,10 @@
 """Server CPU per CouchDB operation: what one token's protocol costs the server.
 
 Sequential single requests (one client), the server process's CPU time read
-from /proc before and after each group of N operations.  Shows the floor under
-the pilot benchmarks: a token needs one claim and one finish (two writes of the
-document) plus its share of the claim-view index update and queries, so no
-protocol with two writes per token can go below about twice the cost of one
-write on this server.
+from /proc before and after each group of N operations.  Shows what a token
+costs the server: one claim and one finish (two writes of the document, sent
+by the pilot in one ``_bulk_docs`` with the neighbouring token's), two updates
+of the claim-view index, and a share of a ``todo`` window read.
 
     python3 bench/server_ops.py [--n 300]
 
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchlib import bench_server, cpu_seconds  # noqa: E402
 from lrt import design  # noqa: E402
+from lrt.couch import Server  # noqa: E402
 
 
 def main() -> None:
@@ -49,22 +49,37 @@ def main() -> None:
 
         print(f"N = {n} per row; server CPU and wall time per operation\n")
         print("| operation | server CPU ms/op | wall ms/op |\n|---|---:|---:|")
-        measure("GET document", lambda: [db.get(d["_id"]) for d in docs])
+        measure("GET document (basic auth)", lambda: [db.get(d["_id"]) for d in docs])
+        cookie = Server(srv.url, srv.user, srv.password, cookie_auth=True).database(db.name)
+        cookie.exists()  # logs in
+        measure("GET document (session cookie)", lambda: [cookie.get(d["_id"]) for d in docs])
 
         def puts():
             for d in docs:
                 d["v"] = 1
-                db.put(d)
+                cookie.put(d)
         measure("PUT document with _rev", puts)
         measure("`_update/heartbeat` refusal (no write)", lambda: [
-            db.update_handler("lrt-claim", "heartbeat", d["_id"], body={"claim": "none"}) for d in docs])
-        measure("`_update/claim` (write)", lambda: [
-            db.update_handler("lrt-claim", "claim", d["_id"], body={"claim": f"c{i}", "lease_seconds": 60})
-            for i, d in enumerate(docs)])
+            cookie.update_handler("lrt-claim", "heartbeat", d["_id"], body={"claim": "none"}) for d in docs])
+
+        def pairs():  # what a pilot sends per token: finish of one + claim of the next
+            for i in range(0, n - 1, 2):
+                a, b = docs[i], docs[i + 1]
+                a["v"] = b["v"] = 2
+                res = cookie.bulk_docs([a, b])
+                a["_rev"], b["_rev"] = res[a["_id"]]["rev"], res[b["_id"]]["rev"]
+        measure("`_bulk_docs` of 2 documents (per token: finish + next claim), per document", pairs)
         c0 = cpu_seconds(srv.pid)
         db.view("lrt-claim", "todo", limit=1)
-        print(f"| claim-view index update, per changed document | "
-              f"{(cpu_seconds(srv.pid) - c0) / n * 1000:.2f} | |")
+        print(f"| claim-view index update, per changed document (batched) | "
+              f"{(cpu_seconds(srv.pid) - c0) / (3 * n) * 1000:.2f} | |")
+        for limit, docs_too in ((25, True), (500, True), (500, False)):
+            k = max(1, n // 10)
+            c0, t0 = cpu_seconds(srv.pid), time.perf_counter()
+            for _ in range(k):
+                cookie.view("lrt-claim", "todo", limit=limit, reduce=False, include_docs=docs_too)
+            print(f"| `todo` view query, {limit} rows{' with documents' if docs_too else ''} (per query) | "
+                  f"{(cpu_seconds(srv.pid) - c0) / k * 1000:.2f} | {(time.perf_counter() - t0) / k * 1000:.2f} |")
 
 
 if __name__ == "__main__":

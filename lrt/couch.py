@@ -337,6 +337,11 @@ class Server:
         self._fine_offset = None
         self.clock_offset = coarse + 0.5  # the header floors: the middle of the second is closer
 
+    @property
+    def clock_is_fine(self) -> bool:
+        """True when :attr:`clock_offset` comes from a millisecond server timestamp."""
+        return self._fine_offset is not None
+
     def note_server_time(self, server_now: float) -> None:
         """Refine the clock estimate with a server timestamp that was just answered
         (an update handler's ``Date.now()``): millisecond resolution, off only by
@@ -409,8 +414,11 @@ class BulkResult(dict):
     """Per-document results of ``_bulk_docs``, keyed by document id.
 
     CouchDB answers in request order but we never rely on it (the local stand-in
-    does not keep it): results are matched by ``id``.
+    does not keep it): results are matched by ``id``.  ``status`` is the HTTP
+    status (202 on a cluster: a write did not reach its quorum).
     """
+
+    status: int = 201
 
     @property
     def ok(self) -> List[str]:
@@ -499,7 +507,8 @@ class Database:
         """One ``_bulk_docs`` request; per-document results matched by id.
 
         Ids must be unique within one call (CouchDB would otherwise report
-        results we could not tell apart).
+        results we could not tell apart).  ``status`` of the result is the HTTP
+        status: 202 on a cluster means some write did not reach its quorum.
         """
         ids = [d.get("_id") for d in docs]
         if any(i is None for i in ids):
@@ -509,8 +518,14 @@ class Database:
         body: JSON = {"docs": list(docs)}
         if not new_edits:
             body["new_edits"] = False
-        rows = self.server.json("POST", self._p("_bulk_docs"), json_body=body)
+        resp = self.server.request("POST", self._p("_bulk_docs"), json_body=body)
+        try:
+            rows = resp.json()
+        except ValueError:
+            raise CouchError(f"POST _bulk_docs: server answered non-JSON (HTTP {resp.status_code})",
+                             status=resp.status_code) from None
         out = BulkResult()
+        out.status = resp.status_code
         for row in rows:
             if isinstance(row, dict) and "id" in row:
                 out[row["id"]] = row

@@ -11,7 +11,8 @@ Layout (one folder per design document)::
 Leading ``//`` comment lines of each file are documentation and are dropped
 before install (CouchDB and PouchDB evaluate the source as one function
 expression).  ``__LRT_TRANSITIONS__`` is replaced by the state machine's table
-and ``__LRT_HISTORY_LIMIT__`` by its history bound from :mod:`lrt.states`, so the
+and ``__LRT_HISTORY_LIMIT__`` by its history bound from :mod:`lrt.states`
+(``__LRT_QUEUE_SHARDS__`` by :data:`QUEUE_SHARDS`), so the
 JavaScript handlers and Python share one source; a line ``__LRT_PRELUDE__;``
 is replaced by the design document's ``lib/prelude.js`` (code shared by its
 update handlers).
@@ -39,6 +40,9 @@ VIEWS_DIR = Path(__file__).parent / "views"
 MONITOR_DDOC = "lrt"
 #: the hot claim queue and the pilot's update handlers, alone so claims never wait on monitoring
 CLAIM_DDOC = "lrt-claim"
+#: shards of the claim queue (the todo view key): pilots start reading at a random
+#: shard, so they spread over the queue instead of all taking its first rows
+QUEUE_SHARDS = 256
 
 
 def _source(path: Path) -> str:
@@ -54,7 +58,8 @@ def _source(path: Path) -> str:
             out.append(line)
     text = "\n".join(out).strip() + "\n"
     return (text.replace("__LRT_TRANSITIONS__", transitions_json())
-                .replace("__LRT_HISTORY_LIMIT__", str(HISTORY_LIMIT)))
+                .replace("__LRT_HISTORY_LIMIT__", str(HISTORY_LIMIT))
+                .replace("__LRT_QUEUE_SHARDS__", str(QUEUE_SHARDS)))
 
 
 def build(name: str) -> Dict[str, Any]:

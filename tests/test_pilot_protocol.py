@@ -39,15 +39,34 @@ def test_claim_sets_lease_on_server_clock_and_is_exclusive(db):
     assert c2.stats.lost == 1
 
 
-def test_claim_repeated_with_same_claim_id_succeeds_once(db):
+def test_claim_sent_again_after_a_lost_answer_is_recognised(db):
     make_tokens(db, [token("a", ["true"])])
     c = client(db)
-    body = {"claim": "fixed-claim", "pilot": "p1", "lease_seconds": 30}
-    a1 = c.call("claim", "a", body)
-    a2 = c.call("claim", "a", body)  # e.g. the first answer was lost in transit
-    assert a1.ok and a1.status == 201
-    assert a2.ok and a2.body.get("repeated")
+    p = c.prepare_claim(db.get("a"))
+    first = c.commit(pending=p).claimed
+    again = c.commit(pending=p).claimed  # e.g. the first answer was lost in transit
+    assert first is not None and again is not None and again.claim == first.claim
     assert db.get("a")["attempts"] == 1
+
+
+def test_finish_of_one_token_and_claim_of_the_next_is_one_request(db):
+    make_tokens(db, [token("a", ["true"]), token("b", ["true"])])
+    c = client(db)
+    got = c.claim("a")
+    nxt = c.prepare_claim(db.get("b"))
+    sent = db.server.requests_sent
+    res = c.commit(_finishing(got, {"outcome": "done", "exit_code": 0}), nxt)
+    assert db.server.requests_sent - sent == 1
+    assert res.ok and res.finish.body["state"] == "done" and res.claimed is not None
+    a, b = db.get("a"), db.get("b")
+    assert a["state"] == "done" and a["history"][-1]["claim"] == got.claim
+    assert b["state"] == "locked" and b["lease"]["claim"] == res.claimed.claim
+    assert res.claimed.doc["_rev"] == b["_rev"]
+
+
+def _finishing(got, body):
+    from lrt.pilot.claim import Finishing
+    return Finishing(got.doc, got.claim, body)
 
 
 @pytest.mark.parametrize("fields,reason", [
@@ -56,13 +75,24 @@ def test_claim_repeated_with_same_claim_id_succeeds_once(db):
     ({"state": "waiting"}, "state"),
     ({"kind": "sandbox"}, "not_token"),
     ({"expected_duration": 7200}, "walltime"),
+    ({"cancel_requested": True}, "cancel_requested"),
 ])
 def test_claim_refusals_write_nothing(db, fields, reason):
     make_tokens(db, [token("a", ["true"], **fields)])
     rev = db.get("a")["_rev"]
-    ans = client(db).call("claim", "a", {"claim": "x", "remaining": 3600.0, "lease_seconds": 10})
-    assert not ans.ok and ans.status == 200 and ans.reason == reason
+    c = client(db)
+    assert c.prepare_claim(db.get("a"), remaining=3600.0) == reason
+    assert c.claim("a", remaining=3600.0) is None
     assert db.get("a")["_rev"] == rev
+
+
+def test_claim_of_a_token_taken_meanwhile_is_lost(db):
+    make_tokens(db, [token("a", ["true"])])
+    stale = db.get("a")
+    assert client(db, "p2").claim("a") is not None
+    c = client(db, "p1")
+    assert c.commit(pending=c.prepare_claim(stale)).claimed is None
+    assert c.stats.lost == 1 and db.get("a")["lease"]["pilot"] == "p2"
 
 
 def test_heartbeat_renews_and_fences(db):
@@ -173,8 +203,9 @@ def test_cancel_todo_and_running(db):
     assert db.get("a")["state"] == "cancelled" and db.get("b")["state"] == "cancelled"
 
 
-def test_409_in_handler_is_retried(db):
-    """A concurrent write between the handler's read and write: the call is repeated."""
+def test_finish_meeting_concurrent_writes_is_redecided_not_dropped(db):
+    """Writes to the token while the pilot holds it (an admin, a cancel): the finish
+    meets 409s, re-reads, decides again on the fresh document and is recorded."""
     make_tokens(db, [token("a", ["true"])])
     c = client(db)
     got = c.claim("a")
@@ -197,12 +228,15 @@ def test_409_in_handler_is_retried(db):
     t = threading.Thread(target=scribble)
     t.start()
     try:
-        ans = c.finish("a", got.claim, {"outcome": "done", "exit_code": 0})
+        poll(lambda: "note" in db.get("a"), what="a concurrent write")
+        # the pilot's copy (got.doc) is now stale: its first write must meet a 409
+        ans = c.finish("a", got.claim, {"outcome": "done", "exit_code": 0}, doc=got.doc)
     finally:
         stop.set()
         t.join()
-    assert ans.ok
-    assert db.get("a")["state"] == "done"
+    assert ans.ok and c.stats.handler_409 >= 1
+    doc = db.get("a")
+    assert doc["state"] == "done" and "note" in doc  # decided on the fresh document
 
 
 def test_candidates_skip_not_before_and_walltime(db):
@@ -212,11 +246,34 @@ def test_candidates_skip_not_before_and_walltime(db):
                      token("ok", ["true"], priority=5), token("ok2", ["true"])])
     cands = Candidates(db, "test", batch=10)
     got = []
-    for _ in range(2):  # (nothing claims them here, so the list would refill forever)
+    for _ in range(3):
         row = cands.pop(db.server.now(), remaining=1000.0)
+        if row is None:
+            break
         got.append(row["id"])
+        assert row["doc"]["_id"] == row["id"]  # the window carries the documents
+        db.put(dict(row["doc"], state="done"))  # (as if claimed and run)
     assert got == ["ok", "ok2"]  # priority first; "later" and "long" skipped
     assert cands.next_ready == pytest.approx(now + 3600)
+
+
+def test_candidates_spread_pilots_over_the_queue(db):
+    """Windows start at random shards: pilots reading the same queue get different rows."""
+    make_tokens(db, [token(f"t{i:03d}", ["true"]) for i in range(200)])
+    firsts = set()
+    for _ in range(8):
+        cands = Candidates(db, "test", batch=5)
+        row = cands.pop(db.server.now(), None)
+        firsts.add(row["id"])
+        assert len(cands.rows) == 4  # a small window, not the whole queue
+    assert len(firsts) >= 6  # more than one window's worth: not all from the queue's head
+
+
+def test_candidates_read_the_next_priority_when_the_first_is_backing_off(db):
+    now = time.time()
+    make_tokens(db, [token("hi", ["true"], priority=9, not_before=now + 3600), token("lo", ["true"])])
+    row = Candidates(db, "test", batch=5).pop(db.server.now(), None)
+    assert row["id"] == "lo"
 
 
 def test_conflicted_tokens_are_resolved_deterministically(db):
@@ -258,7 +315,8 @@ def test_handlers_agree_with_python_constants():
     from lrt import design
 
     updates = design.build("lrt-claim")["updates"]
-    for name in ("finish", "release", "reap"):
+    assert set(updates) == {"heartbeat", "release", "reap", "cancel"}
+    for name in ("release", "reap"):
         m = re.search(r"HISTORY_LIMIT = (\d+);", updates[name])
         assert m and int(m.group(1)) == states.HISTORY_LIMIT, name
         assert "__LRT" not in updates[name]
@@ -283,3 +341,17 @@ def test_pilot_path_imports_stay_lean():
     out = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == ""
+
+
+def test_history_entries_have_one_shape_whoever_writes_them(db):
+    """The pilot writes finish entries (Python), the handlers release/reap entries (JS)."""
+    make_tokens(db, [token("a", ["true"])])
+    c = client(db)
+    got = c.claim("a")
+    assert c.release("a", got.claim, {"message": "SIGTERM"}).ok  # JS handler
+    got = c.claim("a")
+    assert c.finish("a", got.claim, {"outcome": "done", "exit_code": 0}).ok  # Python
+    released, finished = db.get("a")["history"]
+    assert (released["end"], finished["end"]) == ("release", "finish")
+    assert set(released) == set(finished)
+    assert finished["claim"] == got.claim and finished["attempt"] == 1 and finished["pilot"] == "p1"

@@ -1,13 +1,15 @@
 """The pilot loop: claim a token, run its payload under a lease, report, repeat.
 
-Happy path per token: one ``claim`` request, one ``finish`` request, plus a
-share of one ``todo`` view query (the candidate list is reused for many
+Happy path per token: **one** ``_bulk_docs`` request that records the finish
+of the token just run and claims the next one, plus a share of one ``todo``
+view query (the candidate list, with the documents, is reused for many
 claims).  The lease is renewed only when half of it has passed, so the
 liveness write rate is per pilot and per lease period, not per token.
 
 Safety rules (docs/pilot.md explains them):
 
-* a token is run only under a lease won through the ``claim`` handler;
+* a token is run only under a lease won by a claim write that CouchDB accepted
+  at the revision the pilot decided on (MVCC);
 * a refused heartbeat/finish (another claim holds the token) kills the
   payload's process group and the pilot walks away without writing;
 * if the pilot cannot renew before its own estimate of the lease's end, it
@@ -15,9 +17,12 @@ Safety rules (docs/pilot.md explains them):
   reap and rerun the token;
 * SIGTERM/SIGINT: the payload group gets SIGTERM (then SIGKILL), the partial
   logs are kept and the token goes back to ``todo`` at once, not counted;
-* results are never dropped on a 409 or an outage: ``finish`` is repeated
-  (the handler is idempotent by claim id) until it is recorded, the token
-  turns out to belong to someone else, or ``finish_patience`` runs out.
+* results are never dropped on a 409 or an outage: the finish is re-decided on
+  the re-read token and repeated (a repeat is recognised by claim id) until it
+  is recorded, the token turns out to belong to someone else, or
+  ``finish_patience`` runs out;
+* a token claimed together with a finish is released (not counted) if the
+  pilot stops before running it.
 """
 from __future__ import annotations
 
@@ -42,7 +47,8 @@ from typing import Any, Callable, Dict, List, Optional
 from .. import errorcodes
 from ..couch import CouchConnectionError, CouchError, Database, ServerError
 from ..errors import LrtError
-from .claim import Candidates, Claimed, Stats, TokenClient, reap_expired, resolve_conflicts
+from .claim import (Candidates, Claimed, Finishing, PendingClaim, Stats, TokenClient, reap_expired,
+                    resolve_conflicts)
 from .run import INLINE_MAX, Payload, capped_log, command_argv, describe_failure, payload_env, write_token_file
 
 log = logging.getLogger("lrt.pilot")
@@ -70,7 +76,7 @@ class PilotOptions:
     workdir: Optional[Path] = None
     keep_workdirs: bool = False
     #: rows fetched per ``todo`` view query
-    batch: int = 500
+    batch: int = 25
     #: seconds between SIGTERM and SIGKILL when stopping a payload
     term_grace: float = 5.0
     #: seconds to keep trying to record a result while the server is unreachable
@@ -140,6 +146,8 @@ class Pilot:
         self._next_housekeeping = time.monotonic() + random.uniform(0, self._hk_interval())
         self._last_payload_end: Optional[float] = None
         self._prev_end: Optional[float] = None
+        #: the next token, claimed in the same request as the last finish
+        self._prefetched: Optional[Claimed] = None
         self.finish_patience = (self.o.finish_patience if self.o.finish_patience is not None
                                 else max(600.0, 2 * self.o.lease))
 
@@ -179,6 +187,12 @@ class Pilot:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
+            if self._prefetched is not None:  # claimed with the last finish, never started
+                c, self._prefetched = self._prefetched, None
+                try:
+                    self._release(c, None)
+                except Exception:  # noqa: BLE001 - the lease will expire and be reaped
+                    log.exception("could not release %s", c.id)
             self._write_stats()
             if self._own_workdir and not self.o.keep_workdirs:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -188,6 +202,10 @@ class Pilot:
         down_since: Optional[float] = None
         backoff = 0.5
         log.info("pilot %s starting (type=%s, lease=%ss)", self.id, self.o.token_type, self.o.lease)
+        try:
+            self.client.sync_clock()
+        except (_TRANSIENT + (CouchError,)) as exc:  # the claim loop copes with an absent server
+            log.debug("could not read the server clock yet: %s", exc)
         while True:
             if self.stop_signal is not None:
                 self.exit_reason = f"signal {signal.Signals(self.stop_signal).name}"
@@ -250,14 +268,49 @@ class Pilot:
             self._sleep(random.uniform(0.5, 1.0) * wait + 0.05)
 
     def _claim_next(self, remaining: Optional[float]) -> Optional[Claimed]:
+        if self._prefetched is not None:
+            c, self._prefetched = self._prefetched, None
+            return c
         for _ in range(50):
-            row = self.cands.pop(self._server_now(), remaining)
-            if row is None:
+            p = self._candidate(remaining)
+            if p is None:
                 return None
-            c = self.client.claim(row["id"], token_type=self.o.token_type, remaining=remaining)
+            if isinstance(p, str):
+                continue
+            c = self.client.commit(pending=p).claimed
             self.cands.note(c is not None)
             if c is not None:
                 return c
+        return None
+
+    def _candidate(self, remaining: Optional[float]) -> "PendingClaim | str | None":
+        """A claim prepared on the next candidate; a reason string if that one was
+        not claimable; None when there are no candidates."""
+        row = self.cands.pop(self._server_now(), remaining)
+        if row is None:
+            return None
+        p = self.client.prepare_claim(row.get("doc"), token_type=self.o.token_type, remaining=remaining)
+        if isinstance(p, str):
+            self.cands.note(False)
+        return p
+
+    def _next_with_finish(self) -> Optional[PendingClaim]:
+        """The claim to send along with a finish, if this pilot will go on working."""
+        if self.stop_signal is not None or self._prefetched is not None:
+            return None
+        if self.o.max_tokens is not None and self.stats.tokens + 1 >= self.o.max_tokens:
+            return None
+        remaining = self.remaining()
+        if remaining is not None and remaining <= 0:
+            return None
+        for _ in range(5):
+            try:
+                p = self._candidate(remaining)
+            except CouchError as exc:  # no candidate now: finish alone, claim later
+                log.debug("no candidate to claim with the finish: %s", exc)
+                return None
+            if not isinstance(p, str):
+                return p
         return None
 
     def _housekeeping(self, idle: bool) -> bool:
@@ -434,9 +487,16 @@ class Pilot:
         if not ans.ok:
             return "fenced" if ans.reason != "conflict" else "down"
         c.renewed_mono = sent
-        if ans.rev:
+        if ans.rev:  # keep the held copy at the token's revision (the finish writes it back)
             c.doc["_rev"] = ans.rev
-        return "cancel" if ans.body.get("cancel_requested") else "ok"
+            lease = c.doc.get("lease")
+            if isinstance(lease, dict) and isinstance(ans.body.get("expires"), (int, float)):
+                lease["expires"] = ans.body["expires"]
+                lease["renewed"] = ans.body.get("now", lease.get("renewed"))
+        if ans.body.get("cancel_requested"):
+            c.doc["cancel_requested"] = True
+            return "cancel"
+        return "ok"
 
     def _lease_safety(self) -> float:
         return min(5.0, 0.1 * self.o.lease)
@@ -551,8 +611,9 @@ class Pilot:
         for _ in range(20):
             try:
                 with open(path, "rb") as fh:
-                    c.doc["_rev"] = self.db.put_attachment(c.id, c.doc["_rev"], name, fh,
-                                                           "text/plain; charset=utf-8")
+                    self.db.put_attachment(c.id, c.doc["_rev"], name, fh, "text/plain; charset=utf-8")
+                # the finish writes the whole document back: hold it with the new attachment
+                self._reload(c)
                 return True
             except CouchError as exc:
                 if getattr(exc, "status", None) == 409 or isinstance(exc, _TRANSIENT):
@@ -563,27 +624,48 @@ class Pilot:
                         continue
                     if cur.get("state") != "locked" or (cur.get("lease") or {}).get("claim") != c.claim:
                         return False
-                    c.doc["_rev"] = cur["_rev"]
+                    c.doc.clear()
+                    c.doc.update(cur)
                     continue
                 log.warning("could not attach %s to %s: %s", name, c.id, exc)
                 return True
         return True
 
+    def _reload(self, c: Claimed) -> None:
+        """Re-read the held token in place (after a write that was not the finish)."""
+        for _ in range(20):
+            try:
+                cur = self.db.get(c.id)
+            except _TRANSIENT:
+                time.sleep(1.0)
+                continue
+            c.doc.clear()
+            c.doc.update(cur)
+            return
+
     def _report(self, c: Claimed, body: JSON, p: Optional[Payload]) -> None:
-        """Record an outcome with ``finish``, insisting through 409s and outages."""
+        """Record an outcome, insisting through 409s and outages; claim the next
+        token in the same request when the pilot goes on."""
         if not self._logs(c, p, body):
             self.stats.fenced += 1
             return
-        ans = self._insist(lambda: self.client.finish(c.id, c.claim, body), c.id, "finish")
-        if ans is None:
+        fin = Finishing(c.doc, c.claim, body)
+        nxt = self._next_with_finish()
+        res = self._insist(lambda: self.client.commit(fin, nxt), c.id, "finish")
+        if nxt is not None:
+            got = res.claimed if res is not None else None
+            self.cands.note(got is not None)
+            self._prefetched = got
+        if res is None:
             return
-        if ans.ok:
+        ans = res.finish
+        if ans is not None and ans.ok:
             self.stats.tokens += 1
             log.info("token %s -> %s", c.id, ans.body.get("state"))
         else:
             self.stats.fenced += 1
             log.warning("finish of %s refused (%s): another pilot holds it; result not recorded",
-                        c.id, ans.reason)
+                        c.id, res.reason)
 
     def _release(self, c: Claimed, p: Optional[Payload]) -> None:
         body: JSON = {"message": f"pilot {self.id} stopped "
