@@ -29,7 +29,6 @@ Pilot path: standard library + :mod:`lrt.couch` + :mod:`lrt.states` only.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import random
 import time
@@ -242,6 +241,7 @@ class PendingClaim:
     doc: JSON          #: the locked version to write (carries the candidate's _rev)
     claim: str
     sent: bool = False
+    won: "Optional[Claimed]" = None
 
     @property
     def id(self) -> str:
@@ -333,7 +333,7 @@ class TokenClient:
         why: Optional[str] = "missing"
         locked: JSON = {}
         if doc:
-            locked = copy.deepcopy(doc)
+            locked = dict(doc)  # lock_doc replaces top-level fields only: a shallow copy suffices
             why = lock_doc(locked, claim=uuid.uuid4().hex, now=self.now(), lease_seconds=self.lease_seconds,
                            pilot=self.pilot, host=self.host, batch_job=self.batch_job,
                            token_type=token_type, remaining=remaining)
@@ -366,6 +366,8 @@ class TokenClient:
                 fin_doc = None
             else:
                 docs.append(fin_doc)
+        if pending is not None and pending.won is not None:
+            out.claimed, pending = pending.won, None  # won by an earlier send of this commit
         if pending is not None:
             docs.append(pending.doc)
             self.stats.claims += 1
@@ -393,11 +395,14 @@ class TokenClient:
                 out.finish = Answer(False, res.status, {"ok": False, "reason": r.get("error") or "error",
                                                         "message": r.get("reason")})
         if pending is not None:
-            out.claimed = self._claim_result(pending, res, resent)
+            out.claimed = pending.won = self._claim_result(pending, res, resent)
         return out
 
     def _finish_version(self, f: Finishing) -> Tuple[str, JSON, JSON]:
-        doc = copy.deepcopy(f.doc)
+        # finish_doc replaces top-level fields only (new timings/history/_attachments
+        # containers), so a shallow copy keeps the held document as it was until the
+        # write is accepted
+        doc = dict(f.doc)
         kind, answer = finish_doc(doc, f.claim, f.body, self.now())
         return kind, doc, answer
 
@@ -430,7 +435,7 @@ class TokenClient:
         doc: Optional[JSON] = None
         if "rev" in r and "error" not in r:
             p.doc["_rev"] = r["rev"]
-            doc = copy.deepcopy(p.doc)
+            doc = dict(p.doc)
             if res.status == 202 and not self._claim_is_sole(p.id, p.claim):
                 # the write did not reach quorum and another live lock exists: yield
                 log.warning("claim of %s was not confirmed (202 with a conflicting lock); yielding", p.id)
