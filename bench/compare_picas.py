@@ -286,7 +286,18 @@ def main() -> int:
     for n in sorted({r["pilots"] for r in results}):
         if ("picas", n) in by and ("lrt", n) in by:
             ratio = by[("lrt", n)]["tokens_per_s"] / max(1e-9, by[("picas", n)]["tokens_per_s"])
-            print(f"{n} pilots: lrt/picas tokens/s = {ratio:.2f}x")
+            # each repeat ran both systems back to back: the ratio within a repeat shares
+            # the machine's state of that moment
+            pairs = []
+            for rep in range(args.repeat):
+                rr = {r["system"]: r["tokens_per_s"] for r in results
+                      if r["pilots"] == n and r.get("repeat") == rep}
+                if "lrt" in rr and "picas" in rr:
+                    pairs.append(rr["lrt"] / max(1e-9, rr["picas"]))
+            pairs.sort()
+            med = pairs[len(pairs) // 2] if len(pairs) % 2 else sum(pairs[len(pairs) // 2 - 1:len(pairs) // 2 + 1]) / 2
+            print(f"{n} pilots: lrt/picas tokens/s = {ratio:.2f}x (best of each); per repeat "
+                  + ", ".join(f"{x:.2f}x" for x in pairs) + f"; median {med:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
