@@ -343,3 +343,28 @@ def test_job_wide_sigterm_releases_even_if_payload_dies_first(db, couch, tmp_pat
         stop(p)
     doc = db.get("j")
     assert doc["state"] == "todo" and doc["attempts"] == 0 and doc["error"]["name"] == "PREEMPTED"
+
+
+def test_token_claimed_with_a_finish_is_released_when_the_pilot_stops(db, couch, tmp_path):
+    """The finish of token 1 also claims token 2; a stop signal arriving before token 2
+    starts must give it back at once, not counted, instead of leaving it locked."""
+    from lrt.couch import Server
+    from lrt.pilot.pilot import Pilot, PilotOptions
+
+    make_tokens(db, [token("one", ["true"], priority=5), token("two", ["true"])])
+
+    class StoppedAfterFirst(Pilot):
+        def _report(self, c, body, p):
+            super()._report(c, body, p)
+            self.stop_signal = signal.SIGTERM  # as if SIGTERM arrived right after the request
+
+    pdb = Server(couch.url, couch.user, couch.password, cookie_auth=True).database(db.name)
+    pilot = StoppedAfterFirst(pdb, PilotOptions(token_type="test", idle_exit=1,
+                                                workdir=str(tmp_path / "w")))
+    assert pilot.run() == 128 + signal.SIGTERM
+    assert pilot.stats.combined == 1 and pilot.stats.tokens == 1
+    one, two = db.get("one"), db.get("two")
+    assert one["state"] == "done"
+    assert two["state"] == "todo" and two["lease"] is None
+    assert two["attempts"] == 0 and two["preemptions"] == 1
+    assert two["history"][-1]["end"] == "release"
