@@ -24,7 +24,7 @@ def client(db, name="p1", lease=60.0):
 
 
 def test_claim_sets_lease_on_server_clock_and_is_exclusive(db):
-    make_tokens(db, [token("a", ["true"])])
+    make_tokens(db, [token("a", ["true"], not_before=time.time() - 5)])
     c1, c2 = client(db, "p1"), client(db, "p2")
     got = c1.claim("a")
     assert got is not None
@@ -33,6 +33,7 @@ def test_claim_sets_lease_on_server_clock_and_is_exclusive(db):
     assert doc["lease"]["claim"] == got.claim and doc["lease"]["pilot"] == "p1"
     assert doc["lease"]["expires"] == pytest.approx(doc["lease"]["claimed"] + 60.0)
     assert doc["batch_job"] == {"system": "local", "id": "1"}
+    assert doc["not_before"] is None  # the backoff it waited for is over
     assert got.doc["_rev"] == doc["_rev"]
     assert "_revisions" not in doc
     assert c2.claim("a") is None

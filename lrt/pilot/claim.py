@@ -137,6 +137,7 @@ def lock_doc(doc: JSON, *, claim: str, now: float, lease_seconds: float, pilot: 
     doc["error"] = None
     doc["log_tail"] = None
     doc["cancel_requested"] = False
+    doc["not_before"] = None  # the backoff is served: a finished token shows no stale one
     doc["timings"] = {"claimed": now}
     doc["updated"] = now
     return None
