@@ -258,13 +258,21 @@ class Server:
                 resp.close()
                 self._sleep(attempt, retry_after, f"{method} {path}: HTTP {status}")
                 continue
-            if status == 401 and self.auth_mode == "cookie" and not relogged and replayable:
-                # the AuthSession cookie expired (CouchDB: [chttpd_auth] timeout, 600 s by
-                # default, unless refreshed by use): log in again, once, and resend
+            if status == 401 and self.auth_mode == "cookie" and replayable:
                 resp.close()
-                relogged = True
-                self._login()
                 attempt -= 1
+                if not relogged:
+                    # the AuthSession cookie expired (CouchDB: [chttpd_auth] timeout, 600 s by
+                    # default, unless refreshed by use): log in again, once, and resend
+                    relogged = True
+                    self._login()
+                else:
+                    # a fresh cookie is refused too (e.g. a proxy that drops cookies): keep
+                    # to basic auth from now on
+                    log.info("session cookie refused by %s: using basic auth", self.url)
+                    self.session.cookies.clear()
+                    self.session.auth = self._basic
+                    self.auth_mode = "basic"
                 continue
             if status >= 400 and status not in ok:
                 raise self._error(resp, method, path)

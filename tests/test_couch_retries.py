@@ -91,3 +91,57 @@ def test_streamed_bodies_are_not_replayed(tmp_path):
         with open(f, "rb") as fh, pytest.raises(c.ServerError):
             s.request("PUT", "/db/doc/att", data=fh)
         assert len(srv.seen) == 1
+
+
+def test_cookie_auth_falls_back_to_basic_when_cookies_do_not_get_through():
+    """A proxy that drops cookies: the session cookie never arrives back, so every
+    cookie request is anonymous (401); the client must go on with basic auth."""
+    import base64
+
+    seen = []
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _reply(self, status, body, cookie=False):
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            if cookie:
+                self.send_header("Set-Cookie", "AuthSession=abc; Path=/; HttpOnly")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            auth = self.headers.get("Authorization") or ""
+            seen.append((self.command, self.path, auth.startswith("Basic ")))
+            if auth == "Basic " + base64.b64encode(b"u:p").decode():
+                return self._reply(200, {"ok": True})
+            return self._reply(401, {"error": "unauthorized", "reason": "login first"})
+
+        def do_POST(self):
+            n = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(n) or b"{}")
+            seen.append((self.command, self.path, False))
+            if self.path == "/_session" and body == {"name": "u", "password": "p"}:
+                return self._reply(200, {"ok": True, "name": "u"}, cookie=True)
+            return self._reply(401, {"error": "unauthorized"})
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        host, port = httpd.server_address
+        s = c.Server(f"http://{host}:{port}", "u", "p", cookie_auth=True, retries=0)
+        assert s.json("GET", "/db/x") == {"ok": True}
+        assert s.auth_mode == "basic"
+        assert s.json("GET", "/db/y") == {"ok": True}
+        # login, refused with the cookie, login again, refused again, then basic (and basic after)
+        assert [x[:2] for x in seen[:5]] == [("POST", "/_session"), ("GET", "/db/x"), ("POST", "/_session"),
+                                             ("GET", "/db/x"), ("GET", "/db/x")]
+        assert seen[4][2] and seen[5][2]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
