@@ -32,6 +32,7 @@ import os
 import resource
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -295,7 +296,7 @@ def main() -> int:
                 if "lrt" in rr and "picas" in rr:
                     pairs.append(rr["lrt"] / max(1e-9, rr["picas"]))
             pairs.sort()
-            med = pairs[len(pairs) // 2] if len(pairs) % 2 else sum(pairs[len(pairs) // 2 - 1:len(pairs) // 2 + 1]) / 2
+            med = statistics.median(pairs) if pairs else float("nan")
             print(f"{n} pilots: lrt/picas tokens/s = {ratio:.2f}x (best of each); per repeat "
                   + ", ".join(f"{x:.2f}x" for x in pairs) + f"; median {med:.2f}x")
     if args.json:

@@ -382,7 +382,11 @@ class Server:
 
     # -- helpers --------------------------------------------------------------------
     def json(self, method: str, path: str, **kw: Any) -> Any:
-        resp = self.request(method, path, **kw)
+        return self.decode(self.request(method, path, **kw), method, path)
+
+    @staticmethod
+    def decode(resp: requests.Response, method: str, path: str) -> Any:
+        """The JSON body of ``resp``; :class:`CouchError` if it is not JSON."""
         try:
             return resp.json()
         except ValueError:
@@ -526,12 +530,9 @@ class Database:
         body: JSON = {"docs": list(docs)}
         if not new_edits:
             body["new_edits"] = False
-        resp = self.server.request("POST", self._p("_bulk_docs"), json_body=body)
-        try:
-            rows = resp.json()
-        except ValueError:
-            raise CouchError(f"POST _bulk_docs: server answered non-JSON (HTTP {resp.status_code})",
-                             status=resp.status_code) from None
+        path = self._p("_bulk_docs")
+        resp = self.server.request("POST", path, json_body=body)
+        rows = self.server.decode(resp, "POST", path)
         out = BulkResult()
         out.status = resp.status_code
         for row in rows:

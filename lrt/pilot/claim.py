@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import states
-from ..couch import CouchError, Database
+from ..couch import BulkResult, CouchError, Database
 from ..design import CLAIM_DDOC, MONITOR_DDOC, QUEUE_SHARDS
 
 log = logging.getLogger("lrt.pilot")
@@ -383,18 +383,9 @@ class TokenClient:
         res = self.db.bulk_docs(docs)
         resent = was_sent or self.db.server.replays != replays
         if fin_doc is not None:
-            r = res.get(fin_doc["_id"]) or {}
-            if "rev" in r and "error" not in r:
-                fin_doc["_rev"] = r["rev"]
-                finishing.doc.clear()
-                finishing.doc.update(fin_doc)
-                out.finish = Answer(True, res.status, fin_answer, r["rev"])
-            elif r.get("error") == "conflict":
-                self.stats.handler_409 += 1
+            out.finish = self._finish_written(finishing, fin_doc, fin_answer, res)
+            if out.finish is None:  # 409: the token changed since the pilot read it
                 out.finish = self._finish_again(finishing)
-            else:
-                out.finish = Answer(False, res.status, {"ok": False, "reason": r.get("error") or "error",
-                                                        "message": r.get("reason")})
         if pending is not None:
             out.claimed = pending.won = self._claim_result(pending, res, resent)
         return out
@@ -407,6 +398,22 @@ class TokenClient:
         kind, answer = finish_doc(doc, f.claim, f.body, self.now())
         return kind, doc, answer
 
+    def _finish_written(self, f: Finishing, doc: JSON, answer: JSON, res: BulkResult) -> Optional[Answer]:
+        """What the write of ``doc`` (the finished version of ``f.doc``) achieved;
+        None on a 409.  On success the held document becomes the written one."""
+        doc_id = doc["_id"]
+        if doc_id in res.ok:
+            doc["_rev"] = res[doc_id]["rev"]
+            f.doc.clear()
+            f.doc.update(doc)
+            return Answer(True, res.status, answer, doc["_rev"])
+        if doc_id in res.conflicts:
+            self.stats.handler_409 += 1
+            return None
+        r = res[doc_id]
+        return Answer(False, res.status, {"ok": False, "reason": r.get("error") or "error",
+                                          "message": r.get("reason")})
+
     def _finish_again(self, f: Finishing, tries: int = 20) -> Answer:
         for i in range(tries):
             cur = self.db.get_or_none(f.doc["_id"])
@@ -417,31 +424,23 @@ class TokenClient:
             kind, doc, answer = self._finish_version(f)
             if kind != "write":
                 return Answer(kind == "repeated", 200, answer)
-            res = self.db.bulk_docs([doc])
-            r = res.get(doc["_id"]) or {}
-            if "rev" in r and "error" not in r:
-                doc["_rev"] = r["rev"]
-                f.doc.clear()
-                f.doc.update(doc)
-                return Answer(True, res.status, answer, r["rev"])
-            if r.get("error") != "conflict":
-                return Answer(False, res.status, {"ok": False, "reason": r.get("error") or "error",
-                                                  "message": r.get("reason")})
-            self.stats.handler_409 += 1
+            ans = self._finish_written(f, doc, answer, self.db.bulk_docs([doc]))
+            if ans is not None:
+                return ans
             time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** i)))
         return Answer(False, 409, {"ok": False, "reason": "conflict"})
 
-    def _claim_result(self, p: PendingClaim, res: Any, again: bool) -> "Optional[Claimed]":
+    def _claim_result(self, p: PendingClaim, res: BulkResult, again: bool) -> "Optional[Claimed]":
         r = res.get(p.id) or {}
         doc: Optional[JSON] = None
-        if "rev" in r and "error" not in r:
+        if p.id in res.ok:
             p.doc["_rev"] = r["rev"]
             doc = dict(p.doc)
             if res.status == 202 and not self._claim_is_sole(p.id, p.claim):
                 # the write did not reach quorum and another live lock exists: yield
                 log.warning("claim of %s was not confirmed (202 with a conflicting lock); yielding", p.id)
                 doc = None
-        elif r.get("error") == "conflict" and again:
+        elif p.id in res.conflicts and again:
             # this request was sent more than once: the first may have won
             cur = self.db.get_or_none(p.id, conflicts=True)
             if (cur and cur.get("state") == "locked" and not cur.get("_conflicts")
@@ -633,14 +632,12 @@ class Candidates:
             skipped: List[JSON] = []
             while self.rows:
                 row = self.rows.pop(0)
-                val = row.get("value") or {}
-                nb = val.get("nb") or 0
-                dur = val.get("dur") or 0
-                if nb > server_now:
+                nb = (row.get("value") or {}).get("nb") or 0
+                if nb > server_now:  # kept for later: it becomes claimable at nb
                     self.next_ready = nb if self.next_ready is None else min(self.next_ready, nb)
                     skipped.append(row)
                     continue
-                if remaining is not None and dur and dur > remaining:
+                if not self._claimable(row, server_now, remaining):  # does not fit the walltime
                     continue
                 self.rows = skipped + self.rows
                 return row

@@ -617,23 +617,19 @@ class Pilot:
                 return True
             except CouchError as exc:
                 if getattr(exc, "status", None) == 409 or isinstance(exc, _TRANSIENT):
-                    try:
-                        cur = self.db.get(c.id)
-                    except _TRANSIENT:
-                        time.sleep(1.0)
+                    if not self._reload(c, tries=1):
                         continue
-                    if cur.get("state") != "locked" or (cur.get("lease") or {}).get("claim") != c.claim:
+                    if c.doc.get("state") != "locked" or (c.doc.get("lease") or {}).get("claim") != c.claim:
                         return False
-                    c.doc.clear()
-                    c.doc.update(cur)
                     continue
                 log.warning("could not attach %s to %s: %s", name, c.id, exc)
                 return True
         return True
 
-    def _reload(self, c: Claimed) -> None:
-        """Re-read the held token in place (after a write that was not the finish)."""
-        for _ in range(20):
+    def _reload(self, c: Claimed, tries: int = 20) -> bool:
+        """Re-read the held token in place (after a write that was not the finish);
+        False if the server could not be reached ``tries`` times (1 s apart)."""
+        for _ in range(tries):
             try:
                 cur = self.db.get(c.id)
             except _TRANSIENT:
@@ -641,7 +637,8 @@ class Pilot:
                 continue
             c.doc.clear()
             c.doc.update(cur)
-            return
+            return True
+        return False
 
     def _report(self, c: Claimed, body: JSON, p: Optional[Payload]) -> None:
         """Record an outcome, insisting through 409s and outages; claim the next
