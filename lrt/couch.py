@@ -452,6 +452,7 @@ class Database:
         self.server = server
         self.name = name
         self._path = "/" + urllib.parse.quote(name, safe="")
+        self._copies: Optional[int] = None
 
     def __repr__(self) -> str:
         return f"<Database {self.server.url}/{self.name}>"
@@ -466,6 +467,15 @@ class Database:
 
     def info(self) -> JSON:
         return self.server.json("GET", self._path)
+
+    def copies(self) -> int:
+        """How many copies of each document the database keeps: ``cluster.n`` of the
+        database info on Apache CouchDB 3 (read once, then cached), 1 on a server
+        that reports none (a single node, the local stand-in)."""
+        if self._copies is None:
+            n = (self.info().get("cluster") or {}).get("n")
+            self._copies = n if isinstance(n, int) and n > 0 else 1
+        return self._copies
 
     def create(self, *, exist_ok: bool = True, members: Optional[Mapping[str, Sequence[str]]] = None,
                admins: Optional[Mapping[str, Sequence[str]]] = None) -> bool:
@@ -502,6 +512,26 @@ class Database:
     def get_or_none(self, doc_id: str, **params: Any) -> Optional[JSON]:
         resp = self.server.request("GET", self._p(quote_id(doc_id)), params=params, ok=(404,))
         return None if resp.status_code == 404 else resp.json()
+
+    def leaves(self, doc_id: str, *, all_copies: bool = False) -> List[JSON]:
+        """Every leaf revision of ``doc_id`` (``open_revs=all``); deleted leaves carry
+        ``_deleted: true``.  [] if the document never existed.
+
+        ``all_copies``: read with ``r`` = n (:meth:`copies`).  A cluster answers an
+        ``open_revs=all`` read once ``r`` copies agree on the leaves, else when every
+        copy has answered, merging their revision trees; with ``r`` = n every copy is
+        asked, so a leaf that only a minority of copies accepted (a write answered
+        202) is seen whichever node serves the read.
+        """
+        params: JSON = {"open_revs": "all"}
+        if all_copies and self.copies() > 1:
+            params["r"] = self.copies()
+        path = self._p(quote_id(doc_id))
+        resp = self.server.request("GET", path, params=params, ok=(404,))
+        if resp.status_code == 404:
+            return []
+        body = self.server.decode(resp, "GET", path)
+        return [r["ok"] for r in body if isinstance(r, dict) and isinstance(r.get("ok"), dict)]
 
     def put(self, doc: JSON, **params: Any) -> str:
         """Create or update ``doc`` (its ``_rev`` decides which); sets and returns the new rev."""

@@ -328,6 +328,19 @@ def status_counts(db: Database, type: Optional[str] = None) -> Dict[str, Dict[st
     return out
 
 
+def conflicted_count(db: Database) -> int:
+    """How many documents have conflicting revisions (possible on a CouchDB cluster).
+
+    The ``total_rows`` of the ``lrt/conflicts`` view read with ``limit=0``: no
+    row is sent.  Pilots resolve such tokens in their housekeeping, ``lrt reap``
+    on demand; a count that stays above zero points at a problem.
+    """
+    try:
+        return int(db.view("lrt", "conflicts", limit=0).get("total_rows") or 0)
+    except NotFound as exc:
+        raise _need_views(db, exc) from None
+
+
 @dataclass
 class BulkOutcome:
     """Outcome of a bulk change: ``matched`` selected, ``changed`` written,

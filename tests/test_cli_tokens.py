@@ -147,11 +147,12 @@ def test_files_override(cli, server, tmp_path):
                    "lofar_calib_L777777_SB020"]
 
 
-def test_wrong_password_is_clear_and_secret_free(cli, server):
+def test_wrong_password_is_clear_and_secret_free(cli, server, throwaway_user):
     assert cli("create", "configs/sweep_example.yaml").returncode == 0
     secret = "Wr0ng-Pa55w0rd-XYZ"
     for args in (["status"], ["list"], ["create", "configs/sweep_example.yaml"]):
-        r = cli(*args, env_extra={"LRT_COUCH_PASSWORD": secret})
+        # a wrong password for a throwaway user: the suite's own account is never locked out
+        r = cli(*args, env_extra={"LRT_COUCH_USER": throwaway_user[0], "LRT_COUCH_PASSWORD": secret})
         assert r.returncode == 4, (args, r.stderr)
         assert "CouchDB refused user" in r.stderr and "LRT_COUCH_PASSWORD" in r.stderr
         assert secret not in r.stdout + r.stderr

@@ -75,9 +75,9 @@ def test_design_install_is_idempotent_and_versioned(empty_db):
     assert "emit" in empty_db.get("_design/lrt")["views"]["tokens"]["map"]
 
 
-def test_wrong_password_is_clear_and_secret_free(couch, empty_db, caplog):
+def test_wrong_password_is_clear_and_secret_free(couch, empty_db, throwaway_user, caplog):
     secret = "Sup3r-S3cret-pw"
-    bad = Server(couch.url, couch.user, secret, retries=3)
+    bad = Server(couch.url, throwaway_user[0], secret, retries=3)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(c.AuthError) as ei:
         bad.database(empty_db.name).get("x")
@@ -129,11 +129,13 @@ def test_cookie_auth_logs_in_once_and_sends_no_password(couch, empty_db):
     s.database("lrt_cookie_probe").delete()
 
 
-def test_cookie_auth_logs_in_again_when_the_cookie_is_refused(couch, empty_db):
-    empty_db.set_security(members={"names": [couch.user], "roles": []})
-    s = Server(couch.url, couch.user, couch.password, cookie_auth=True)
+def test_cookie_auth_logs_in_again_when_the_cookie_is_refused(couch, empty_db, throwaway_user):
+    user, password = throwaway_user
+    empty_db.set_security(members={"names": [user], "roles": []})
+    empty_db.put({"_id": "a"})
+    s = Server(couch.url, user, password, cookie_auth=True)
     db = s.database(empty_db.name)
-    db.put({"_id": "a"})
+    assert db.get("a")["_id"] == "a"
     assert s.auth_mode == "cookie"
     # an expired or revoked session: the server no longer knows this cookie
     s.session.cookies.clear()
@@ -143,9 +145,9 @@ def test_cookie_auth_logs_in_again_when_the_cookie_is_refused(couch, empty_db):
     assert s.auth_mode == "cookie" and s.requests_sent - sent == 3  # refused, login, resend
 
 
-def test_cookie_auth_with_a_wrong_password_fails_at_once(couch, empty_db, caplog):
+def test_cookie_auth_with_a_wrong_password_fails_at_once(couch, empty_db, throwaway_user, caplog):
     secret = "Wr0ng-Pa55word"
-    s = Server(couch.url, couch.user, secret, cookie_auth=True)
+    s = Server(couch.url, throwaway_user[0], secret, cookie_auth=True)
     caplog.set_level(logging.DEBUG)
     with pytest.raises(c.AuthError) as ei:
         s.database(empty_db.name).get("x")

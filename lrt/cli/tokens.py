@@ -135,7 +135,7 @@ def cmd_create(ctx) -> int:
 
 def status_json(db, type: Optional[str] = None) -> Dict[str, Any]:
     """The ``lrt status --json`` document (shape documented in docs/tokens.md)."""
-    from ..tokens import status_counts
+    from ..tokens import conflicted_count, status_counts
 
     counts = status_counts(db, type)
     totals: Dict[str, int] = {}
@@ -144,13 +144,21 @@ def status_json(db, type: Optional[str] = None) -> Dict[str, Any]:
             totals[s] = totals.get(s, 0) + k
     order = [s.value for s in State]
     ordered = lambda d: {s: d[s] for s in sorted(d, key=lambda x: (order.index(x) if x in order else 99, x))}
-    return {"db": db.name, "types": {t: ordered(counts[t]) for t in sorted(counts)},
-            "states": ordered(totals), "total": sum(totals.values())}
+    out = {"db": db.name, "types": {t: ordered(counts[t]) for t in sorted(counts)},
+           "states": ordered(totals), "total": sum(totals.values())}
+    conflicted = conflicted_count(db)
+    if conflicted:  # only when some remain (see docs/tokens.md)
+        out["conflicted"] = conflicted
+    return out
 
 
 def format_status(st: Dict[str, Any], type: Optional[str] = None) -> str:
+    note = ""
+    if st.get("conflicted"):
+        note = (f"\n{st['conflicted']} document(s) with conflicting revisions: pilots resolve them, "
+                "or run `lrt reap`")
     if not st["total"]:
-        return f"no tokens{' of type ' + type if type else ''} in database {st['db']}"
+        return f"no tokens{' of type ' + type if type else ''} in database {st['db']}" + note
     cols = list(st["states"])
     header = ["type"] + cols + ["total"]
     rows: List[List[str]] = []
@@ -162,7 +170,7 @@ def format_status(st: Dict[str, Any], type: Optional[str] = None) -> str:
     lines = [fmt(header), fmt(["-" * w for w in widths])]
     lines += [fmt(r) for r in rows[:-1]]
     lines += [fmt(["-" * w for w in widths]), fmt(rows[-1])]
-    return "\n".join(lines)
+    return "\n".join(lines) + note
 
 
 def pilot_summary(db, type: Optional[str] = None) -> List[Dict[str, Any]]:

@@ -84,6 +84,8 @@ class Stats:
     tokens: int = 0            #: payloads run to an outcome that was recorded
     fenced: int = 0            #: tokens given up because another pilot held them
     handler_409: int = 0       #: writes that met a concurrent write (and were re-decided)
+    confirms: int = 0          #: claims whose quorum was uncertain (202, resent), checked on every copy
+    dropped: int = 0           #: own losing claim revisions deleted after such a check
     overheads: List[float] = field(default_factory=list)
 
     def as_dict(self) -> JSON:
@@ -436,16 +438,16 @@ class TokenClient:
         if p.id in res.ok:
             p.doc["_rev"] = r["rev"]
             doc = dict(p.doc)
-            if res.status == 202 and not self._claim_is_sole(p.id, p.claim):
-                # the write did not reach quorum and another live lock exists: yield
-                log.warning("claim of %s was not confirmed (202 with a conflicting lock); yielding", p.id)
-                doc = None
+            if self._uncertain(res, r):
+                # accepted by fewer copies than the write quorum: another claim from the same
+                # revision may have been accepted by the others (docs/design.md)
+                doc = self._claim_is_sole(p)
+                if doc is None:
+                    log.warning("claim of %s was not confirmed on every copy (202); yielding", p.id)
         elif p.id in res.conflicts and again:
-            # this request was sent more than once: the first may have won
-            cur = self.db.get_or_none(p.id, conflicts=True)
-            if (cur and cur.get("state") == "locked" and not cur.get("_conflicts")
-                    and (cur.get("lease") or {}).get("claim") == p.claim):
-                doc = cur
+            # this request was sent more than once: the first send may have won, at a quorum
+            # nobody told us
+            doc = self._claim_is_sole(p)
         if doc is None:
             self.stats.lost += 1
             log.debug("claim of %s lost (%s)", p.id, r.get("error"))
@@ -453,6 +455,15 @@ class TokenClient:
         self.stats.claimed += 1
         doc.pop("_conflicts", None)
         return Claimed(doc, p.claim, time.monotonic(), (doc.get("lease") or {}).get("claimed"))
+
+    @staticmethod
+    def _uncertain(res: BulkResult, row: JSON) -> bool:
+        """True if the write of ``row`` did not reach its quorum: CouchDB marks such a
+        document ``"accepted": true`` in a 202 answer; a 202 that marks none is taken
+        to concern every document."""
+        if row.get("accepted"):
+            return True
+        return res.status == 202 and not any(x.get("accepted") for x in res.values())
 
     # -- the single-token forms (admin commands, tests) --------------------------------
     def claim(self, doc_id: str, *, token_type: Optional[str] = None,
@@ -475,14 +486,58 @@ class TokenClient:
         assert ans is not None
         return ans
 
-    def _claim_is_sole(self, doc_id: str, claim_id: str) -> bool:
-        """After a 202: read back; run only if every conflicting leaf is resolved our way."""
-        doc = self.db.get(doc_id, conflicts=True)
-        if not doc.get("_conflicts"):
-            return (doc.get("lease") or {}).get("claim") == claim_id
-        resolve_conflicts(self.db, [doc_id])
-        doc = self.db.get(doc_id, conflicts=True)
-        return not doc.get("_conflicts") and (doc.get("lease") or {}).get("claim") == claim_id
+    #: how long a claim whose quorum was uncertain, and that :func:`choose_leaf` keeps, waits
+    #: for sibling claims to remove themselves before it removes itself (seconds)
+    confirm_wait = 10.0
+
+    def _claim_is_sole(self, p: PendingClaim) -> Optional[JSON]:
+        """After a claim whose quorum is uncertain: the token to run, or None (yield).
+
+        The leaves are read from every copy (:meth:`Database.leaves` with
+        ``all_copies``).  The claim runs only if its leaf is the only live one.
+        Any other live leaf comes from a write that other copies accepted --
+        possibly a claim answered 201, whose pilot runs it without any check --
+        so it is a loss: the pilot deletes its own leaf (no conflict is left
+        behind) and yields.  One exception keeps a token from vanishing when
+        every claimer yields (claims split 1-1-1 over three copies): if every
+        sibling is a lock too, the leaf that :func:`choose_leaf` keeps is not
+        deleted at once: its pilot polls for up to :attr:`confirm_wait` seconds,
+        runs the token if the siblings have removed themselves, and otherwise
+        deletes its own leaf too (the siblings that stayed are live: their
+        pilots run them).
+        """
+        self.stats.confirms += 1
+        deadline = time.monotonic() + self.confirm_wait
+        delay = 0.05
+        while True:
+            leaves = [d for d in self.db.leaves(p.id, all_copies=True) if not d.get("_deleted")]
+            mine = [d for d in leaves if (d.get("lease") or {}).get("claim") == p.claim]
+            if not mine:
+                return None  # our revision is gone (a resolver kept a terminal sibling)
+            if len(mine) == len(leaves):
+                return mine[0] if len(mine) == 1 else None
+            others = [d for d in leaves if d not in mine]
+            siblings_may_yield = all(d.get("state") == states.State.LOCKED.value for d in others)
+            if (not siblings_may_yield or choose_leaf(leaves) not in mine
+                    or time.monotonic() >= deadline):
+                self._drop(p.id, [d["_rev"] for d in mine])
+                return None
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+
+    def _drop(self, doc_id: str, revs: Sequence[str]) -> None:
+        """Delete this pilot's own losing leaves of ``doc_id``; a leaf already deleted
+        (by a resolver) is fine; a failure is left to the resolver."""
+        for rev in revs:
+            try:
+                res = self.db.bulk_docs([{"_id": doc_id, "_rev": rev, "_deleted": True}])
+            except CouchError as exc:
+                log.warning("could not delete losing claim %s of %s: %s", rev, doc_id, exc)
+                continue
+            if doc_id in res.ok:
+                self.stats.dropped += 1
+            elif doc_id in res.errors:
+                log.warning("could not delete losing claim %s of %s: %s", rev, doc_id, res[doc_id])
 
     # -- while running ---------------------------------------------------------------
     def heartbeat(self, doc_id: str, claim_id: str) -> Answer:
@@ -653,11 +708,6 @@ class Candidates:
 # conflicts (CouchDB clusters) and reaping
 
 
-def _leaves(db: Database, doc_id: str) -> List[JSON]:
-    res = db.get(doc_id, open_revs="all")  # JSON list (the session sends Accept: application/json)
-    return [r["ok"] for r in res if isinstance(r, dict) and "ok" in r and not r["ok"].get("_deleted")]
-
-
 def choose_leaf(leaves: Sequence[JSON], winner_rev: Optional[str] = None) -> JSON:
     """The leaf that survives, deterministically (every resolver picks the same one).
 
@@ -686,38 +736,46 @@ def _rev_key(rev: str) -> tuple:
         return (0, rev)
 
 
+def _lease_live(doc: JSON, now: float) -> bool:
+    lease = doc.get("lease")
+    return (doc.get("state") == states.State.LOCKED.value and isinstance(lease, dict)
+            and isinstance(lease.get("expires"), (int, float)) and lease["expires"] > now)
+
+
 def resolve_conflicts(db: Database, ids: Optional[Sequence[str]] = None, *, limit: int = 200,
                       dry_run: bool = False) -> List[JSON]:
     """Resolve conflicted tokens: keep :func:`choose_leaf`, delete the other leaves.
 
-    If the kept leaf is not CouchDB's current winner, deleting the others
-    makes it the winner.  ``ids`` defaults to the ``lrt/conflicts`` view.
-    Returns one report per document: {id, kept, deleted: [revs]}.
+    Leaves are read from every copy.  Deleting the others makes the kept leaf
+    CouchDB's winner.  A token with no terminal leaf but a live lease on one of
+    its leaves is left alone: a pilot may be running that leaf (a claim
+    answered 201 is never checked), and a pilot whose claim lost removes its
+    own leaf; such a token is resolved once it finishes or the lease expires.
+    A leaf somebody else deleted meanwhile counts as deleted (idempotent).
+    ``ids`` defaults to the ``lrt/conflicts`` view.  Returns one report per
+    resolved document: {id, kept, state, deleted: [revs], failed: [revs]?}.
     """
     if ids is None:
         rows = db.view(MONITOR_DDOC, "conflicts", limit=limit).get("rows", [])
         ids = [r["id"] for r in rows]
     reports: List[JSON] = []
+    now: Optional[float] = None
     for doc_id in ids:
-        try:
-            current = db.get(doc_id, conflicts=True)
-        except CouchError:
-            continue
-        if not current.get("_conflicts"):
-            continue
-        leaves = _leaves(db, doc_id)
+        leaves = [d for d in db.leaves(doc_id, all_copies=True) if not d.get("_deleted")]
         if len(leaves) < 2:
             continue
-        keep = choose_leaf(leaves, current.get("_rev"))
-        delete = [{"_id": doc_id, "_rev": d["_rev"], "_deleted": True}
-                  for d in leaves if d["_rev"] != keep["_rev"]]
-        report = {"id": doc_id, "kept": keep["_rev"], "state": keep.get("state"),
-                  "deleted": [d["_rev"] for d in delete]}
+        keep = choose_leaf(leaves)
+        if keep.get("state") not in TERMINAL_RANK:
+            now = db.server.now() if now is None else now
+            if any(_lease_live(d, now) for d in leaves):
+                continue
+        report: JSON = {"id": doc_id, "kept": keep["_rev"], "state": keep.get("state"),
+                        "deleted": [d["_rev"] for d in leaves if d["_rev"] != keep["_rev"]]}
         if not dry_run:
-            for d in delete:  # one per request: _bulk_docs wants unique ids per batch
-                res = db.bulk_docs([d])
-                if doc_id in res.errors or doc_id in res.conflicts:
-                    report.setdefault("failed", []).append(d["_rev"])
+            for rev in report["deleted"]:  # one per request: _bulk_docs wants unique ids per batch
+                res = db.bulk_docs([{"_id": doc_id, "_rev": rev, "_deleted": True}])
+                if doc_id in res.errors:  # a conflict: that leaf is gone already
+                    report.setdefault("failed", []).append(rev)
         reports.append(report)
     return reports
 

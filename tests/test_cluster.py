@@ -1,0 +1,270 @@
+"""Claims on a CouchDB cluster: a write answered 202 never runs a token twice, and no
+conflicted token is left behind (docs/design.md, "Conflicts on a cluster").
+
+The first tests run on any server: a small proxy in front of it answers a claim's
+``_bulk_docs`` with a cluster's 202 (``"accepted": true``) and, like the copies that
+refused the claim, adds a sibling revision from the same parent.  The test marked
+``cluster`` runs real pilots on every node of a real Apache CouchDB cluster.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, List, Optional
+
+import pytest
+import requests
+
+from lrt import design
+from lrt.pilot.claim import TokenClient, lock_doc, resolve_conflicts
+from lrt.tokens import conflicted_count
+
+from conftest import new_db_name
+from pilot_helpers import RECORD, executions, make_tokens, poll, start_pilot, token
+
+
+class QuorumProxy:
+    """Forwards every request to ``upstream``; a ``_bulk_docs`` that claims a token
+    (writes a ``locked`` document) is answered 202 with ``"accepted": true``, after
+    ``on_claim(docs)`` ran (the test adds there what other copies would hold)."""
+
+    def __init__(self, upstream: str, on_claim: Optional[Callable[[List[dict]], None]] = None):
+        self.upstream = upstream.rstrip("/")
+        self.on_claim = on_claim
+        self.rewritten = 0
+        proxy = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):  # quiet
+                pass
+
+            def _any(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                hdrs = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                r = requests.request(self.command, proxy.upstream + self.path, data=body, headers=hdrs,
+                                     timeout=60)
+                status, out = r.status_code, r.content
+                if (self.command == "POST" and self.path.split("?")[0].endswith("/_bulk_docs")
+                        and status == 201 and body):
+                    docs = json.loads(body).get("docs", [])
+                    if any(d.get("state") == "locked" and d.get("lease") for d in docs):
+                        if proxy.on_claim:
+                            proxy.on_claim(docs)
+                        rows = [dict(row, accepted=True) for row in r.json()]
+                        status, out = 202, json.dumps(rows).encode()
+                        proxy.rewritten += 1
+                self.send_response(status)
+                for k in ("Content-Type", "Date", "Set-Cookie", "X-Couch-Update-NewRev"):
+                    if k in r.headers:
+                        self.send_header(k, r.headers[k])
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def proxy(couch):
+    p = QuorumProxy(couch.url)
+    yield p
+    p.close()
+
+
+def client_via(proxy, couch, db, pilot="p1") -> TokenClient:
+    return TokenClient(couch.server(proxy.url).database(db.name), pilot=pilot, lease_seconds=60)
+
+
+def sibling(doc: dict, claim: str, claimed: float, expires: Optional[float] = None) -> dict:
+    """Another pilot's claim of ``doc`` (as read, at its first revision): a child of
+    the same parent, as a copy that refused our claim holds it."""
+    sib = dict(doc)
+    assert lock_doc(sib, claim=claim, now=claimed, lease_seconds=60, pilot="other") is None
+    if expires is not None:
+        sib["lease"] = dict(sib["lease"], expires=expires)
+    pos, parent = doc["_rev"].split("-", 1)
+    h = uuid.uuid4().hex
+    sib["_rev"] = f"{int(pos) + 1}-{h}"
+    sib["_revisions"] = {"start": int(pos) + 1, "ids": [h, parent]}
+    return sib
+
+
+def live(db, doc_id):
+    return [d for d in db.leaves(doc_id, all_copies=True) if not d.get("_deleted")]
+
+
+def test_a_201_claim_costs_no_extra_request(db, couch):
+    make_tokens(db, [token("t", ["true"])])
+    c = TokenClient(db, pilot="p1")
+    doc = db.get("t", conflicts=True)
+    p = c.prepare_claim(doc)
+    sent = db.server.requests_sent
+    got = c.commit(pending=p).claimed
+    assert got is not None and db.server.requests_sent - sent == 1
+    assert c.stats.confirms == 0
+
+
+def test_a_202_claim_alone_on_every_copy_runs(db, couch, proxy):
+    make_tokens(db, [token("t", ["true"])])
+    c = client_via(proxy, couch, db)
+    got = c.claim("t")
+    assert proxy.rewritten == 1 and c.stats.confirms == 1
+    assert got is not None and got.doc["lease"]["claim"] == got.claim
+    assert [d["_rev"] for d in live(db, "t")] == [got.doc["_rev"]]
+
+
+def test_a_202_claim_beside_a_sibling_claim_yields_and_removes_its_own_revision(db, couch, proxy):
+    """The sibling's pilot may have been answered 201 and run the token without a check:
+    the 202 claim loses even when it was made first, and leaves no conflict behind."""
+    make_tokens(db, [token("t", ["true"])])
+    doc = db.get("t")
+    sib = sibling(doc, "theirs", claimed=time.time() + 5)  # later than ours: the resolver would keep ours
+    ours_claimed = []
+
+    def other_copies_accepted_theirs(docs):
+        ours_claimed.append(docs[0]["lease"]["claimed"])
+        assert db.bulk_docs([sib], new_edits=False).status in (201, 202)
+
+    proxy.on_claim = other_copies_accepted_theirs
+    c = client_via(proxy, couch, db)
+    c.confirm_wait = 1.0  # the sibling stays (its pilot runs it): give up after 1 s
+    assert c.claim("t") is None
+    assert ours_claimed and ours_claimed[0] < sib["lease"]["claimed"]
+    assert c.stats.dropped == 1 and c.stats.lost == 1
+    leaves = live(db, "t")
+    assert [d["lease"]["claim"] for d in leaves] == ["theirs"]
+    assert "_conflicts" not in db.get("t", conflicts=True)
+
+
+def test_a_202_claim_beside_a_terminal_sibling_yields_at_once(db, couch, proxy):
+    make_tokens(db, [token("t", ["true"])])
+    doc = db.get("t")
+    done = sibling(doc, "theirs", claimed=time.time() - 10)
+    done.update(state="done", lease=None, exit_code=0)
+    proxy.on_claim = lambda docs: db.bulk_docs([done], new_edits=False)
+    c = client_via(proxy, couch, db)
+    c.confirm_wait = 30.0
+    t0 = time.monotonic()
+    assert c.claim("t") is None
+    assert time.monotonic() - t0 < 20  # no wait for a sibling that never goes away
+    assert [d["state"] for d in live(db, "t")] == ["done"]
+
+
+def test_when_every_claim_yields_the_one_choose_leaf_keeps_runs(db, couch, proxy):
+    """Claims split over the copies, all answered 202: the sibling (claimed later) removes
+    itself; ours, kept by the deterministic rule, waits for that and runs."""
+    make_tokens(db, [token("t", ["true"])])
+    doc = db.get("t")
+    sib = sibling(doc, "theirs", claimed=time.time() + 5)
+
+    def sibling_pilot_yields(docs):
+        db.bulk_docs([sib], new_edits=False)
+
+        def later():
+            time.sleep(0.5)
+            db.bulk_docs([{"_id": "t", "_rev": sib["_rev"], "_deleted": True}])
+        threading.Thread(target=later, daemon=True).start()
+
+    proxy.on_claim = sibling_pilot_yields
+    c = client_via(proxy, couch, db)
+    got = c.claim("t")
+    assert got is not None and c.stats.dropped == 0
+    assert [d["lease"]["claim"] for d in live(db, "t")] == [got.claim]
+
+
+def test_resolver_leaves_live_locks_alone_and_is_idempotent(db, couch, lrt_cmd):
+    from lrt.cli.tokens import format_status, status_json
+
+    make_tokens(db, [token("live", ["true"]), token("dead", ["true"]), token("fin", ["true"])])
+    now = time.time()
+    for doc_id in ("live", "dead", "fin"):
+        doc = db.get(doc_id)
+        exp = now + 3600 if doc_id == "live" else now - 100
+        a, b = sibling(doc, "a", now - 50, exp), sibling(doc, "b", now - 40, exp)
+        if doc_id == "fin":
+            b.update(state="done", lease=None, exit_code=0)
+        assert not db.bulk_docs([a], new_edits=False).errors
+        assert not db.bulk_docs([b], new_edits=False).errors
+    ids = ["dead", "fin", "live"]
+    poll(lambda: conflicted_count(db) == 3, what="three conflicted tokens in the view")
+    st = status_json(db)
+    assert st["conflicted"] == 3 and "3 document(s) with conflicting revisions" in format_status(st)
+
+    # someone else (a pilot that yielded) already deleted one losing leaf of "dead"
+    dead_a = [d for d in live(db, "dead") if d["lease"]["claim"] == "b"][0]
+    db.bulk_docs([{"_id": "dead", "_rev": dead_a["_rev"], "_deleted": True}])
+    reps = {r["id"]: r for r in resolve_conflicts(db, ids)}
+    assert set(reps) == {"fin"}  # dead has one live leaf now; live has live leases: left alone
+    assert reps["fin"]["state"] == "done" and "failed" not in reps["fin"]
+    assert [d["state"] for d in live(db, "fin")] == ["done"]
+    assert len(live(db, "live")) == 2
+    assert resolve_conflicts(db, ids) == []  # nothing more to do: idempotent
+    poll(lambda: conflicted_count(db) == 1, what="only the live-leased token conflicted")
+
+
+# ---------------------------------------------------------------------------
+# a real cluster
+
+
+@pytest.mark.cluster
+def test_pilots_on_every_node_run_each_token_once_and_leave_no_conflict(couch, tmp_path):
+    """Pilots connected to different nodes claim the same tokens from views that each
+    node serves from its own copies; every token runs exactly once, and when they are
+    done no document has conflicting revisions."""
+    nodes = couch.nodes
+    if len(nodes) < 2:
+        pytest.skip("set LRT_TEST_COUCH_NODES to the URLs of the cluster's nodes")
+    name = new_db_name("cluster")
+    admin = couch.server()
+    db = admin.database(name)
+    db.create()
+    try:
+        design.install(db)
+        rec = tmp_path / "rec"
+        rec.mkdir()
+        n = 300
+        ids = make_tokens(db, (token(f"c{i:04d}", RECORD + [str(rec)]) for i in range(n)))
+        views = [couch.server(u).database(name) for u in nodes]
+        for v in views:  # every node answers the claim view before the pilots start
+            poll(lambda: len(v.view("lrt-claim", "todo", limit=n + 1)["rows"]) == n, timeout=120,
+                 what=f"the claim view on {v.server.url}")
+        procs = []
+        for i in range(3 * len(nodes)):
+            url = nodes[i % len(nodes)]
+            # a small window: pilots meet on the same tokens
+            procs.append(start_pilot(couch.env(name, url), "--idle-exit", "8", "--poll", "0.5",
+                                     "--batch", "5", "--lease", "60", "--reap-grace", "5",
+                                     "--stats", str(tmp_path / f"stats{i}.json"),
+                                     log=tmp_path / f"pilot{i}.log"))
+        assert [p.wait(600) for p in procs] == [0] * len(procs)
+        runs = executions(rec)
+        dup = [i for i, k in Counter(runs).items() if k > 1]
+        assert not dup, f"{len(dup)} token(s) ran more than once, e.g. {dup[:5]}"
+        assert sorted(runs) == sorted(ids)
+        stats = [json.loads((tmp_path / f"stats{i}.json").read_text()) for i in range(len(procs))]
+        print("claims", sum(s["claims"] for s in stats), "confirms", sum(s["confirms"] for s in stats),
+              "dropped", sum(s["dropped"] for s in stats), "resolved", sum(s["resolved"] for s in stats))
+
+        def no_conflicts() -> bool:
+            return all(v.view("lrt", "conflicts", limit=1)["rows"] == [] for v in views)
+        # every copy of every token has one live leaf, done
+        for doc_id in ids:
+            leaves = live(db, doc_id)
+            assert [d["state"] for d in leaves] == ["done"], (doc_id, leaves)
+        poll(no_conflicts, timeout=60, what="no conflicted document on any node")
+    finally:
+        db.delete()
+        admin.close()
