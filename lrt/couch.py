@@ -503,6 +503,25 @@ class Database:
         resp = self.server.request("GET", self._p(quote_id(doc_id)), params=params, ok=(404,))
         return None if resp.status_code == 404 else resp.json()
 
+    def get_if_changed(self, doc_id: str, rev: str) -> "Optional[JSON]":
+        """The document if its revision is no longer ``rev``; None if unchanged.
+
+        A conditional read (``If-None-Match: "<rev>"``): CouchDB answers 304
+        without a body while the document is unchanged, so a pilot can watch
+        the token it runs every few seconds for the cost of an empty answer.
+        Servers that ignore the header (pouchdb-server) send the document;
+        its ``_rev`` is then compared here.  A deleted document is returned as
+        ``{"_id": id, "_deleted": True}``.
+        """
+        resp = self.server.request("GET", self._p(quote_id(doc_id)), ok=(404,),
+                                   headers={"If-None-Match": f'"{rev}"'})
+        if resp.status_code == 304:
+            return None
+        if resp.status_code == 404:
+            return {"_id": doc_id, "_deleted": True}
+        doc = self.server.decode(resp, "GET", doc_id)
+        return None if isinstance(doc, dict) and doc.get("_rev") == rev else doc
+
     def put(self, doc: JSON, **params: Any) -> str:
         """Create or update ``doc`` (its ``_rev`` decides which); sets and returns the new rev."""
         if "_id" not in doc:
