@@ -604,6 +604,8 @@ class Candidates:
         self.next_ready: Optional[float] = None
         #: rows the last refresh returned
         self.last_count = 0
+        #: ids never offered (tokens this pilot gave back on request)
+        self.skip: set = set()
 
     @staticmethod
     def _prio(row: JSON) -> Any:
@@ -684,6 +686,8 @@ class Candidates:
             skipped: List[JSON] = []
             while self.rows:
                 row = self.rows.pop(0)
+                if row.get("id") in self.skip:
+                    continue
                 nb = (row.get("value") or {}).get("nb") or 0
                 if nb > server_now:  # kept for later: it becomes claimable at nb
                     self.next_ready = nb if self.next_ready is None else min(self.next_ready, nb)

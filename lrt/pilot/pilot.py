@@ -161,7 +161,7 @@ class Pilot:
         self.finish_patience = (self.o.finish_patience if self.o.finish_patience is not None
                                 else max(600.0, 2 * self.o.lease))
         #: tokens this pilot gave back on request (lrt release): not claimed again by it
-        self._requeued: set = set()
+        self._requeued = self.cands.skip
         self._idle_noted = False
 
     # -- helpers ---------------------------------------------------------------------
@@ -308,8 +308,6 @@ class Pilot:
         row = self.cands.pop(self._server_now(), remaining)
         if row is None:
             return None
-        if row.get("id") in self._requeued:
-            return "requeued"
         p = self.client.prepare_claim(row.get("doc"), token_type=self.o.token_type, remaining=remaining)
         if isinstance(p, str):
             self.cands.note(False)
