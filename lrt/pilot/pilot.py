@@ -369,10 +369,18 @@ class Pilot:
     def _note_other_states(self) -> None:
         """Say once, when no work is claimable, where this pilot's tokens are instead
         (one reduce query of the ``lrt/tokens`` status view): waiting, staging,
-        backing off, running elsewhere, ... -- so an idle pilot is not a mystery."""
+        backing off, running elsewhere, ... -- so an idle pilot is not a mystery.
+
+        In a thread of its own: bringing that index up to date can take the
+        server a while (it is not one the pilots keep fresh), and the pilot
+        must go on reaping and claiming meanwhile.
+        """
+        threading.Thread(target=self._note_other_states_now, name="lrt-idle-note", daemon=True).start()
+
+    def _note_other_states_now(self) -> None:
         try:
             rows = self.db.view(MONITOR_DDOC, "tokens", group_level=2).get("rows", [])
-        except CouchError as exc:
+        except Exception as exc:  # noqa: BLE001 - only a note
             log.debug("could not read the status view: %s", exc)
             return
         counts: Dict[str, int] = {}
