@@ -151,8 +151,9 @@ class _Run:
                         LRT_CONFIG="/nonexistent/lrt-config.yaml", PYTHONPATH=str(ROOT),
                         PYTHONUNBUFFERED="1")
 
-    def admin(self) -> Server:
-        return Server(self.srv.url, self.srv.user, self.srv.password, retries=1, timeout=(2.0, 20.0))
+    def admin(self, read_timeout: float = 20.0) -> Server:
+        return Server(self.srv.url, self.srv.user, self.srv.password, retries=1,
+                      timeout=(2.0, read_timeout))
 
     def start_pilot(self) -> None:
         k = self.ev.started_pilots
@@ -224,7 +225,7 @@ class _Run:
 
     def run(self) -> Dict[str, Any]:
         cfg = self.cfg
-        with self.admin() as s:
+        with self.admin(600.0) as s:
             db = s.database("faults")
             db.create()
             design.install(db)
@@ -285,13 +286,14 @@ class _Run:
             for p in self.procs.values():
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
+            until = time.monotonic() + 60
             for p in self.procs.values():
                 try:
-                    p.wait(60)
+                    p.wait(max(0.1, until - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        with self.admin() as s:
+        with self.admin(600.0) as s:
             docs = [r["doc"] for r in s.database("faults").all_docs(include_docs=True)["rows"]
                     if (r.get("doc") or {}).get("kind") == "token"]
         report = analyse(docs, read_journal(self.journal), self.ev, cfg)
@@ -435,7 +437,14 @@ def _pair(text: str) -> Optional[Tuple[float, float]]:
     return (float(a), float(b or a))
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # stopped by SIGINT/SIGTERM (SIGINT is ignored in background jobs): clean up pilots and server
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     d = Faults()
     ap.add_argument("--tokens", type=int, default=d.tokens)

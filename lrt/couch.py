@@ -350,11 +350,18 @@ class Server:
         """True when :attr:`clock_offset` comes from a millisecond server timestamp."""
         return self._fine_offset is not None
 
-    def note_server_time(self, server_now: float) -> None:
+    def note_server_time(self, server_now: float, sent: Optional[float] = None) -> None:
         """Refine the clock estimate with a server timestamp that was just answered
-        (an update handler's ``Date.now()``): millisecond resolution, off only by
-        the response's transit time."""
-        self._fine_offset = self.clock_offset = server_now - time.time()
+        (an update handler's ``Date.now()``): millisecond resolution.
+
+        ``sent``: the local time the request was sent.  The server read its clock
+        between sending and now, so ``server_now - sent`` is an upper bound of the
+        offset: an estimate that errs late by at most the round trip, never early
+        -- a lease stamped with it never ends, on the server, before the pilot's own
+        clock says it does (under load a reply can take seconds).  Without ``sent``
+        the reply's arrival is used (errs early by the reply's transit time).
+        """
+        self._fine_offset = self.clock_offset = server_now - (time.time() if sent is None else sent)
 
     def _error(self, resp: requests.Response, method: str, path: str) -> CouchError:
         status = resp.status_code

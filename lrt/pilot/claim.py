@@ -22,8 +22,9 @@ Two kinds of writes, chosen per operation (docs/pilot.md, docs/design.md):
 
 Clock: a claim stamps ``lease.claimed``/``expires`` with the pilot's estimate of
 the *server's* clock (:meth:`lrt.couch.Server.note_server_time`, refined from
-every handler answer, else from ``Date`` headers); renewals and expiry are
-decided by handlers on the server clock itself.
+every handler answer -- an estimate that errs late by at most a round trip --,
+else from ``Date`` headers); renewals and expiry are decided by handlers on the
+server clock itself.
 
 Pilot path: standard library + :mod:`lrt.couch` + :mod:`lrt.states` only.
 """
@@ -349,7 +350,9 @@ class TokenClient:
         last 409 is returned as a refusal with reason ``conflict``.
         """
         status, payload, rev = 409, {}, None
+        sent = time.time()
         for i in range(repeat_409 + 1):
+            sent = time.time()
             status, payload, rev = self.db.update_handler(CLAIM_DDOC, name, doc_id, body=body,
                                                           ok=(404, 409))
             if status != 409:
@@ -360,7 +363,8 @@ class TokenClient:
         if not isinstance(payload, dict):
             raise CouchError(f"update handler {name} answered non-JSON (HTTP {status})", status=status)
         if isinstance(payload.get("now"), (int, float)):
-            self.db.server.note_server_time(float(payload["now"]))
+            # the estimate errs late, never early: see Server.note_server_time
+            self.db.server.note_server_time(float(payload["now"]), sent=sent)
         if status == 409:
             return Answer(False, status, {"ok": False, "reason": "conflict"}, None)
         return Answer(bool(payload.get("ok")) and status < 300, status, payload, rev)
