@@ -350,11 +350,18 @@ class Server:
         """True when :attr:`clock_offset` comes from a millisecond server timestamp."""
         return self._fine_offset is not None
 
-    def note_server_time(self, server_now: float) -> None:
+    def note_server_time(self, server_now: float, sent: Optional[float] = None) -> None:
         """Refine the clock estimate with a server timestamp that was just answered
-        (an update handler's ``Date.now()``): millisecond resolution, off only by
-        the response's transit time."""
-        self._fine_offset = self.clock_offset = server_now - time.time()
+        (an update handler's ``Date.now()``): millisecond resolution.
+
+        ``sent``: the local time the request was sent.  The server read its clock
+        between sending and now, so ``server_now - sent`` is an upper bound of the
+        offset: an estimate that errs late by at most the round trip, never early
+        -- a lease stamped with it never ends, on the server, before the pilot's own
+        clock says it does (under load a reply can take seconds).  Without ``sent``
+        the reply's arrival is used (errs early by the reply's transit time).
+        """
+        self._fine_offset = self.clock_offset = server_now - (time.time() if sent is None else sent)
 
     def _error(self, resp: requests.Response, method: str, path: str) -> CouchError:
         status = resp.status_code
@@ -532,6 +539,25 @@ class Database:
             return []
         body = self.server.decode(resp, "GET", path)
         return [r["ok"] for r in body if isinstance(r, dict) and isinstance(r.get("ok"), dict)]
+
+    def get_if_changed(self, doc_id: str, rev: str) -> "Optional[JSON]":
+        """The document if its revision is no longer ``rev``; None if unchanged.
+
+        A conditional read (``If-None-Match: "<rev>"``): CouchDB answers 304
+        without a body while the document is unchanged, so a pilot can watch
+        the token it runs every few seconds for the cost of an empty answer.
+        Servers that ignore the header (pouchdb-server) send the document;
+        its ``_rev`` is then compared here.  A deleted document is returned as
+        ``{"_id": id, "_deleted": True}``.
+        """
+        resp = self.server.request("GET", self._p(quote_id(doc_id)), ok=(404,),
+                                   headers={"If-None-Match": f'"{rev}"'})
+        if resp.status_code == 304:
+            return None
+        if resp.status_code == 404:
+            return {"_id": doc_id, "_deleted": True}
+        doc = self.server.decode(resp, "GET", doc_id)
+        return None if isinstance(doc, dict) and doc.get("_rev") == rev else doc
 
     def put(self, doc: JSON, **params: Any) -> str:
         """Create or update ``doc`` (its ``_rev`` decides which); sets and returns the new rev."""

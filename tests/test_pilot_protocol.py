@@ -316,7 +316,7 @@ def test_handlers_agree_with_python_constants():
     from lrt import design
 
     updates = design.build("lrt-claim")["updates"]
-    assert set(updates) == {"heartbeat", "release", "reap", "cancel"}
+    assert set(updates) == {"heartbeat", "release", "reap", "cancel", "requeue"}
     for name in ("release", "reap"):
         m = re.search(r"HISTORY_LIMIT = (\d+);", updates[name])
         assert m and int(m.group(1)) == states.HISTORY_LIMIT, name

@@ -1,4 +1,4 @@
-"""``lrt pilot``, ``lrt run-local``, ``lrt reap``, ``lrt cancel``, ``lrt logs``.
+"""``lrt pilot``, ``lrt run-local``, ``lrt reap``, ``lrt cancel``, ``lrt release``, ``lrt logs``.
 
 ``lrt pilot``'s flags are a stable interface: batch job scripts and
 bench/compare_picas.py call it.
@@ -61,6 +61,9 @@ def add_pilot_options(p: argparse.ArgumentParser) -> None:
                    help="between SIGTERM and SIGKILL when stopping a payload (default 5)")
     p.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",
                    help="idle poll interval (default 5)")
+    p.add_argument("--cancel-check", type=float, default=20.0, metavar="SECONDS",
+                   help="look at a running token this often for a cancel or release request "
+                        "(a conditional read; 0: only at lease renewals; default 20)")
     p.add_argument("--stats", type=Path, metavar="FILE", help="write counters as JSON here at exit")
 
 
@@ -88,6 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --type: only these states (default todo, waiting, staging, locked)")
     p.set_defaults(func=cmd_cancel)
 
+    p = sub.add_parser("release", help="stop running tokens and put them back to todo (not counted)")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.set_defaults(func=cmd_release)
+
     p = sub.add_parser("logs", help="print a token's payload log (stdout.log, else the kept tail)")
     p.add_argument("id", metavar="ID")
     p.add_argument("--stderr", action="store_true", help="stderr.log instead of stdout.log")
@@ -99,11 +106,14 @@ def _options(args: argparse.Namespace) -> Any:
 
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ConfigError("--max-tokens must be at least 1")
+    if args.cancel_check is not None and args.cancel_check < 0:
+        raise ConfigError("--cancel-check must be 0 (off) or a number of seconds")
     return PilotOptions(token_type=args.token_type, max_tokens=args.max_tokens,
                         idle_exit=args.idle_exit, walltime=args.walltime, lease=args.lease,
                         reap_grace=args.reap_grace, workdir=args.workdir,
                         keep_workdirs=args.keep_workdirs, batch=args.batch,
-                        term_grace=args.term_grace, poll=args.poll, stats_file=args.stats)
+                        term_grace=args.term_grace, poll=args.poll, stats_file=args.stats,
+                        cancel_check=args.cancel_check or None)
 
 
 def cmd_pilot(ctx: Any) -> int:
@@ -122,7 +132,8 @@ def cmd_pilot(ctx: Any) -> int:
 def _pilot_argv(args: argparse.Namespace, stats: Optional[Path]) -> List[str]:
     argv = [sys.executable, "-m", "lrt.cli", "pilot", "--idle-exit", str(args.idle_exit),
             "--lease", str(args.lease), "--reap-grace", str(args.reap_grace),
-            "--batch", str(args.batch), "--term-grace", str(args.term_grace), "--poll", str(args.poll)]
+            "--batch", str(args.batch), "--term-grace", str(args.term_grace), "--poll", str(args.poll),
+            "--cancel-check", str(args.cancel_check)]
     if args.token_type:
         argv += ["--type", args.token_type]
     if args.max_tokens is not None:
@@ -219,6 +230,24 @@ def cmd_cancel(ctx: Any) -> int:
     ctx.out(f"{counts['cancelled']} cancelled, {counts['requested']} running (stop requested), "
             f"{counts['refused']} not cancellable")
     return 0 if counts["refused"] == 0 or a.token_type else 1
+
+
+def cmd_release(ctx: Any) -> int:
+    from ..pilot.claim import TokenClient
+
+    client = TokenClient(ctx.db, pilot="lrt-release")
+    asked = refused = 0
+    for doc_id in ctx.args.ids:
+        ans = client.requeue(doc_id, by="lrt release")
+        if ans.ok:
+            asked += 1
+            ctx.out(f"{doc_id}: running; its pilot will stop it and put it back to todo")
+        else:
+            refused += 1
+            st = ans.body.get("state")
+            ctx.out(f"{doc_id}: not released ({ans.reason}{', state ' + st if st else ''})")
+    ctx.out(f"{asked} release(s) requested, {refused} not running")
+    return 0 if refused == 0 else 1
 
 
 def cmd_logs(ctx: Any) -> int:

@@ -22,8 +22,9 @@ Two kinds of writes, chosen per operation (docs/pilot.md, docs/design.md):
 
 Clock: a claim stamps ``lease.claimed``/``expires`` with the pilot's estimate of
 the *server's* clock (:meth:`lrt.couch.Server.note_server_time`, refined from
-every handler answer, else from ``Date`` headers); renewals and expiry are
-decided by handlers on the server clock itself.
+every handler answer -- an estimate that errs late by at most a round trip --,
+else from ``Date`` headers); renewals and expiry are decided by handlers on the
+server clock itself.
 
 Pilot path: standard library + :mod:`lrt.couch` + :mod:`lrt.states` only.
 """
@@ -86,6 +87,8 @@ class Stats:
     handler_409: int = 0       #: writes that met a concurrent write (and were re-decided)
     confirms: int = 0          #: claims whose quorum was uncertain (202, resent), checked on every copy
     dropped: int = 0           #: own losing claim revisions deleted after such a check
+    checks: int = 0            #: conditional reads of a running token (cancel/release requests)
+    renewed_before_start: int = 0  #: leases found half gone right before a payload start
     overheads: List[float] = field(default_factory=list)
 
     def as_dict(self) -> JSON:
@@ -128,10 +131,11 @@ def lock_doc(doc: JSON, *, claim: str, now: float, lease_seconds: float, pilot: 
     if remaining is not None and isinstance(dur, (int, float)) and dur and dur > remaining:
         return "walltime"
     doc.pop("_revisions", None)
+    doc.pop("release_requested", None)
     doc["state"] = states.State.LOCKED.value
     doc["attempts"] = int(doc.get("attempts") or 0) + 1
-    doc["lease"] = {"pilot": pilot, "claim": claim, "claimed": now, "renewed": now,
-                    "expires": now + float(lease_seconds)}
+    doc["lease"] = {"pilot": pilot, "claim": claim}
+    stamp_claim(doc, now, lease_seconds)
     doc["pilot"] = pilot
     doc["host"] = host
     doc["batch_job"] = batch_job
@@ -140,9 +144,21 @@ def lock_doc(doc: JSON, *, claim: str, now: float, lease_seconds: float, pilot: 
     doc["log_tail"] = None
     doc["cancel_requested"] = False
     doc["not_before"] = None  # the backoff is served: a finished token shows no stale one
+    return None
+
+
+def stamp_claim(doc: JSON, now: float, lease_seconds: float) -> None:
+    """(Re-)stamp a prepared claim with the server-clock estimate ``now``.
+
+    Done again each time the claim is sent (:meth:`TokenClient.commit`): a claim
+    re-sent after an outage must not land with a lease that ran out while it
+    waited.  The claim id stays, so a repeat is still recognised.
+    """
+    lease = dict(doc.get("lease") or {})
+    lease.update({"claimed": now, "renewed": now, "expires": now + float(lease_seconds)})
+    doc["lease"] = lease
     doc["timings"] = {"claimed": now}
     doc["updated"] = now
-    return None
 
 
 def history_entry(doc: JSON, end: str, dst: str, exit_code: Any, err: Optional[JSON], now: float) -> JSON:
@@ -151,9 +167,22 @@ def history_entry(doc: JSON, end: str, dst: str, exit_code: Any, err: Optional[J
     lease = doc.get("lease") or {}
     return {"end": end, "attempt": doc.get("attempts") or 0, "claim": lease.get("claim"),
             "pilot": lease.get("pilot") or doc.get("pilot"), "host": doc.get("host"),
-            "batch_job": doc.get("batch_job"), "claimed": lease.get("claimed"), "finished": now,
+            "batch_job": doc.get("batch_job"), "claimed": lease.get("claimed"),
+            "expires": lease.get("expires"), "finished": now,
             "state": dst, "exit_code": exit_code,
-            "error": {"code": err.get("code"), "name": err.get("name")} if err else None}
+            "error": {"code": err.get("code"), "name": err.get("name")} if err else None,
+            "late_request": late_request(doc, dst) if end == "finish" else None}
+
+
+def late_request(doc: JSON, dst: str) -> Optional[str]:
+    """A request to the running payload (``cancel``, ``release``) that came too
+    late to act on -- the payload had finished -- or None.  Kept in the history
+    entry, so a cancel that met a finishing payload does not vanish."""
+    if doc.get("cancel_requested") and dst != states.State.CANCELLED.value:
+        return "cancel"
+    if doc.get("release_requested"):
+        return "release"
+    return None
 
 
 def finish_doc(doc: JSON, claim: str, body: JSON, now: float) -> Tuple[str, JSON]:
@@ -218,6 +247,7 @@ def finish_doc(doc: JSON, claim: str, body: JSON, now: float) -> Tuple[str, JSON
     doc["history"] = hist[-states.HISTORY_LIMIT:]
     doc["lease"] = None
     doc["cancel_requested"] = False
+    doc.pop("release_requested", None)
     doc["updated"] = now
     if dst == "todo":
         retry_cfg = doc.get("retry") or {}
@@ -245,6 +275,15 @@ class PendingClaim:
     claim: str
     sent: bool = False
     won: "Optional[Claimed]" = None
+    #: lease.claimed stamp (server clock) -> local monotonic time it was made, per send
+    stamps: Dict[float, float] = field(default_factory=dict)
+
+    def stamped_mono(self, claimed: Any) -> float:
+        """Local monotonic time of the send whose stamp is ``claimed`` (the one
+        that landed); the earliest send if unknown -- never later than the server's."""
+        if isinstance(claimed, (int, float)) and claimed in self.stamps:
+            return self.stamps[claimed]
+        return min(self.stamps.values()) if self.stamps else time.monotonic()
 
     @property
     def id(self) -> str:
@@ -313,7 +352,9 @@ class TokenClient:
         last 409 is returned as a refusal with reason ``conflict``.
         """
         status, payload, rev = 409, {}, None
+        sent = time.time()
         for i in range(repeat_409 + 1):
+            sent = time.time()
             status, payload, rev = self.db.update_handler(CLAIM_DDOC, name, doc_id, body=body,
                                                           ok=(404, 409))
             if status != 409:
@@ -324,7 +365,8 @@ class TokenClient:
         if not isinstance(payload, dict):
             raise CouchError(f"update handler {name} answered non-JSON (HTTP {status})", status=status)
         if isinstance(payload.get("now"), (int, float)):
-            self.db.server.note_server_time(float(payload["now"]))
+            # the estimate errs late, never early: see Server.note_server_time
+            self.db.server.note_server_time(float(payload["now"]), sent=sent)
         if status == 409:
             return Answer(False, status, {"ok": False, "reason": "conflict"}, None)
         return Answer(bool(payload.get("ok")) and status < 300, status, payload, rev)
@@ -381,6 +423,11 @@ class TokenClient:
         replays = self.db.server.replays
         was_sent = pending is not None and pending.sent
         if pending is not None:
+            # stamp the lease now, at sending: a claim re-sent through an outage must not
+            # land already expired (same claim id, so a repeat is still recognised)
+            now = self.now()
+            stamp_claim(pending.doc, now, self.lease_seconds)
+            pending.stamps[now] = time.monotonic()
             pending.sent = True  # from now on a 409 may be our own earlier write
         res = self.db.bulk_docs(docs)
         resent = was_sent or self.db.server.replays != replays
@@ -389,7 +436,12 @@ class TokenClient:
             if out.finish is None:  # 409: the token changed since the pilot read it
                 out.finish = self._finish_again(finishing)
         if pending is not None:
-            out.claimed = pending.won = self._claim_result(pending, res, resent)
+            won = self._claim_result(pending, res, resent)
+            if won is not None:
+                # the pilot's lease clock starts when the landed stamp was made (the write
+                # was sent), not at the reply: it never ends later than the server's
+                won.renewed_mono = pending.stamped_mono((won.doc.get("lease") or {}).get("claimed"))
+            out.claimed = pending.won = won
         return out
 
     def _finish_version(self, f: Finishing) -> Tuple[str, JSON, JSON]:
@@ -556,6 +608,10 @@ class TokenClient:
     def cancel(self, doc_id: str, by: Optional[str] = None) -> Answer:
         return self.call("cancel", doc_id, {"by": by or self.pilot})
 
+    def requeue(self, doc_id: str, by: Optional[str] = None) -> Answer:
+        """Ask the pilot of a running token to stop it and give it back (not counted)."""
+        return self.call("requeue", doc_id, {"by": by or self.pilot})
+
 
 @dataclass
 class Claimed:
@@ -607,6 +663,8 @@ class Candidates:
         self.next_ready: Optional[float] = None
         #: rows the last refresh returned
         self.last_count = 0
+        #: ids never offered (tokens this pilot gave back on request)
+        self.skip: set = set()
 
     @staticmethod
     def _prio(row: JSON) -> Any:
@@ -687,6 +745,8 @@ class Candidates:
             skipped: List[JSON] = []
             while self.rows:
                 row = self.rows.pop(0)
+                if row.get("id") in self.skip:
+                    continue
                 nb = (row.get("value") or {}).get("nb") or 0
                 if nb > server_now:  # kept for later: it becomes claimable at nb
                     self.next_ready = nb if self.next_ready is None else min(self.next_ready, nb)

@@ -22,7 +22,13 @@ Safety rules (docs/pilot.md explains them):
   is recorded, the token turns out to belong to someone else, or
   ``finish_patience`` runs out;
 * a token claimed together with a finish is released (not counted) if the
-  pilot stops before running it.
+  pilot stops before running it;
+* nothing slow stands between a won claim and its payload's start: housekeeping
+  runs only while no claim is held, and the lease as stamped is checked (and
+  renewed if half gone) right before the payload starts;
+* a running payload's token is looked at every ``cancel_check`` seconds with a
+  conditional read (empty 304 while unchanged), so a cancel or a release
+  request reaches it in seconds whatever the lease.
 """
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .. import errorcodes
 from ..couch import CouchConnectionError, CouchError, Database, ServerError
+from ..design import MONITOR_DDOC
 from ..errors import LrtError
 from .claim import (Candidates, Claimed, Finishing, PendingClaim, Stats, TokenClient, reap_expired,
                     resolve_conflicts)
@@ -89,6 +96,9 @@ class PilotOptions:
     pilot_id: Optional[str] = None
     #: reap/resolve at most once per this many seconds (default: the lease)
     housekeeping_interval: Optional[float] = None
+    #: seconds between looks at a running token for a cancel or release request
+    #: (a conditional read; None or 0: only at lease renewals, every lease/2)
+    cancel_check: Optional[float] = 20.0
 
 
 def _safe_name(text: str) -> str:
@@ -150,10 +160,16 @@ class Pilot:
         self._prefetched: Optional[Claimed] = None
         self.finish_patience = (self.o.finish_patience if self.o.finish_patience is not None
                                 else max(600.0, 2 * self.o.lease))
+        #: tokens this pilot gave back on request (lrt release): not claimed again by it
+        self._requeued = self.cands.skip
+        self._idle_noted = False
 
     # -- helpers ---------------------------------------------------------------------
     def _hk_interval(self) -> float:
         return self.o.housekeeping_interval or max(1.0, min(self.o.lease, 600.0))
+
+    def _hk_due(self) -> bool:
+        return time.monotonic() >= self._next_housekeeping
 
     def remaining(self) -> Optional[float]:
         """Seconds of walltime left for new work (None: unlimited)."""
@@ -252,6 +268,9 @@ class Pilot:
             self._last_payload_end = None
             now = time.monotonic()
             idle_since = idle_since if idle_since is not None else now
+            if not self._idle_noted:
+                self._idle_noted = True
+                self._note_other_states()
             try:
                 if self._housekeeping(idle=True):
                     continue  # something came back to todo: try again at once
@@ -298,6 +317,10 @@ class Pilot:
         """The claim to send along with a finish, if this pilot will go on working."""
         if self.stop_signal is not None or self._prefetched is not None:
             return None
+        if self._hk_due():
+            # housekeeping (up to 100 reaps) runs next: finish alone, so that no claim
+            # waits through it (its lease would run out meanwhile); claim afterwards
+            return None
         if self.o.max_tokens is not None and self.stats.tokens + 1 >= self.o.max_tokens:
             return None
         remaining = self.remaining()
@@ -316,10 +339,13 @@ class Pilot:
     def _housekeeping(self, idle: bool) -> bool:
         """Reap expired leases and resolve conflicts, at most once per interval.
 
-        Returns True if a token was returned to the queue.
+        Returns True if a token was returned to the queue.  Never while a claim
+        is held (``_prefetched``): that claim's lease would run on meanwhile;
+        housekeeping then waits for the next finish, which claims nothing when
+        housekeeping is due.
         """
         now = time.monotonic()
-        if now < self._next_housekeeping:
+        if now < self._next_housekeeping or self._prefetched is not None:
             return False
         self._next_housekeeping = now + self._hk_interval() * random.uniform(0.8, 1.2)
         back = False
@@ -339,6 +365,40 @@ class Pilot:
         if back:
             self.cands.invalidate()
         return back
+
+    def _note_other_states(self) -> None:
+        """Say once, when no work is claimable, where this pilot's tokens are instead
+        (one reduce query of the ``lrt/tokens`` status view): waiting, staging,
+        backing off, running elsewhere, ... -- so an idle pilot is not a mystery.
+
+        In a thread of its own: bringing that index up to date can take the
+        server a while (it is not one the pilots keep fresh), and the pilot
+        must go on reaping and claiming meanwhile.
+        """
+        threading.Thread(target=self._note_other_states_now, name="lrt-idle-note", daemon=True).start()
+
+    def _note_other_states_now(self) -> None:
+        try:
+            rows = self.db.view(MONITOR_DDOC, "tokens", group_level=2).get("rows", [])
+        except Exception as exc:  # noqa: BLE001 - only a note
+            log.debug("could not read the status view: %s", exc)
+            return
+        counts: Dict[str, int] = {}
+        for r in rows:
+            key = r.get("key") or []
+            if len(key) < 2 or (self.o.token_type is not None and key[1] != self.o.token_type):
+                continue
+            counts[str(key[0])] = counts.get(str(key[0]), 0) + int(r.get("value") or 0)
+        waiting = {k: v for k, v in counts.items() if k not in ("done", "cancelled") and v}
+        if not waiting:
+            return
+        hints = {"waiting": "waiting for other tokens", "staging": "waiting for their inputs to be staged",
+                 "todo": "backing off after a failure, or longer than this pilot's walltime left",
+                 "locked": "running under other pilots", "error": "failed, not retried",
+                 "failed": "attempts used up"}
+        what = ", ".join(f"{n} {st} ({hints.get(st, st)})" for st, n in sorted(waiting.items()))
+        kind = f"type {self.o.token_type}" if self.o.token_type else "any type"
+        log.warning("no claimable token of %s now; its tokens: %s", kind, what)
 
     # -- one token -------------------------------------------------------------------
     def _process(self, c: Claimed) -> None:
@@ -394,7 +454,11 @@ class Pilot:
             except LrtError as exc:
                 return self._fail(c, self._code_name(exc, "STAGE_IN_FAILED"), str(exc))
         write_token_file(doc, wd)
-        env = payload_env(doc, self.id, wd, sandbox=sandbox_dir)
+        if not self._lease_fresh(c):
+            return
+        env = payload_env(doc, self.id, wd, sandbox=sandbox_dir, claim=c.claim,
+                          lease_expires=self._server_now() + self._lease_left(c),
+                          clock_offset=self.db.server.clock_offset or 0.0)
         try:
             p = Payload(argv, wd, env)
         except OSError as exc:
@@ -437,6 +501,9 @@ class Pilot:
             self._fail(c, "LEASE_LOST", "could not renew the lease in time; payload stopped", p, p.exit_code)
         elif how == "release":
             self._release(c, p)
+        elif how == "requeue":
+            self._requeued.add(c.id)
+            self._release(c, p, f"release requested by {self._requested_by(c)}; payload stopped")
         elif how == "fenced":
             self.stats.fenced += 1
             log.warning("token %s is held by another claim now; payload stopped, token left alone", c.id)
@@ -477,7 +544,8 @@ class Pilot:
 
     # -- leases ------------------------------------------------------------------------
     def _renew(self, c: Claimed) -> str:
-        """Heartbeat: 'ok', 'cancel', 'fenced' or 'down' (server unreachable)."""
+        """Heartbeat: 'ok', 'cancel', 'release' (stop and requeue was asked), 'fenced'
+        or 'down' (server unreachable)."""
         sent = time.monotonic()
         try:
             ans = self.client.heartbeat(c.id, c.claim)
@@ -487,16 +555,88 @@ class Pilot:
         if not ans.ok:
             return "fenced" if ans.reason != "conflict" else "down"
         c.renewed_mono = sent
-        if ans.rev:  # keep the held copy at the token's revision (the finish writes it back)
-            c.doc["_rev"] = ans.rev
-            lease = c.doc.get("lease")
-            if isinstance(lease, dict) and isinstance(ans.body.get("expires"), (int, float)):
-                lease["expires"] = ans.body["expires"]
-                lease["renewed"] = ans.body.get("now", lease.get("renewed"))
+        if ans.rev:
+            if _rev_gen(ans.rev) == _rev_gen(c.doc.get("_rev")) + 1:
+                # the heartbeat wrote on top of the held copy: keep it at the token's
+                # revision (the finish writes it back)
+                c.doc["_rev"] = ans.rev
+                lease = c.doc.get("lease")
+                if isinstance(lease, dict) and isinstance(ans.body.get("expires"), (int, float)):
+                    lease["expires"] = ans.body["expires"]
+                    lease["renewed"] = ans.body.get("now", lease.get("renewed"))
+            else:  # somebody else wrote the token since it was read: hold the current one
+                self._reload(c, tries=1)
         if ans.body.get("cancel_requested"):
             c.doc["cancel_requested"] = True
             return "cancel"
+        if ans.body.get("release_requested"):
+            return "release"
         return "ok"
+
+    def _watch(self, c: Claimed) -> str:
+        """Look at the running token (a conditional read: an empty 304 while it is
+        unchanged); if it changed -- a cancel or release request, an edit, another
+        claim -- renew through the heartbeat, which answers with authority.
+        Returns like :meth:`_renew`."""
+        self.stats.checks += 1
+        try:
+            cur = self.db.get_if_changed(c.id, str(c.doc.get("_rev")))
+        except _TRANSIENT:
+            return "down"
+        except CouchError as exc:
+            log.warning("could not look at %s: %s", c.id, exc)
+            return "ok"
+        if cur is None:
+            return "ok"
+        if not cur.get("_deleted"):
+            c.doc.clear()
+            c.doc.update(cur)
+        return self._renew(c)
+
+    @staticmethod
+    def _requested_by(c: Claimed) -> str:
+        req = c.doc.get("release_requested")
+        return str(req.get("by") or "a user") if isinstance(req, dict) else "a user"
+
+    def _lease_left(self, c: Claimed) -> float:
+        """Seconds left on the lease: the smaller of the local estimate (from when the
+        last lease write was sent) and the held lease's expiry against the
+        server-clock estimate."""
+        left = c.renewed_mono + self.o.lease - time.monotonic()
+        exp = (c.doc.get("lease") or {}).get("expires")
+        if isinstance(exp, (int, float)):
+            left = min(left, exp - self._server_now())
+        return left
+
+    def _lease_fresh(self, c: Claimed) -> bool:
+        """Right before the payload starts: is the lease as stamped still good?
+
+        Normally the claim is milliseconds old.  If half of the lease is gone
+        (a claim re-sent through an outage, a slow sandbox fetch, a pilot that
+        was stopped), renew it first; give the token up if it is not ours any
+        more, or if it cannot be renewed and is about to run out.
+        """
+        if self._lease_left(c) >= self.o.lease / 2.0:
+            return True
+        self.stats.renewed_before_start += 1
+        r = self._renew(c)
+        if r == "ok":
+            return True
+        if r == "cancel":
+            self._fail(c, "CANCELLED", "cancelled by a user before its payload started")
+        elif r == "release":
+            self._requeued.add(c.id)
+            self._release(c, None, f"release requested by {self._requested_by(c)} before the payload started")
+        elif r == "fenced":
+            self.stats.fenced += 1
+            log.warning("lease of %s ran out before its payload started and the token was taken back;"
+                        " not started", c.id)
+        elif self._lease_left(c) > self._lease_safety():
+            return True  # server unreachable, lease still good: the supervisor keeps trying
+        else:
+            log.warning("lease of %s is about to run out and cannot be renewed: not started", c.id)
+            self._release(c, None, "lease could not be renewed before the payload started")
+        return False
 
     def _lease_safety(self) -> float:
         return min(5.0, 0.1 * self.o.lease)
@@ -509,7 +649,9 @@ class Pilot:
         timeout = c.doc.get("timeout")
         deadline = time.monotonic() + float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None
         renew_every = self.o.lease / 2.0
+        check_every = self.o.cancel_check or 0.0
         last_try = 0.0
+        last_look = time.monotonic()
         while not p.wait(0.25):
             now = time.monotonic()
             if self.stop_signal is not None:
@@ -522,18 +664,25 @@ class Pilot:
             if deadline is not None and now >= deadline:
                 p.kill("timeout", self.o.term_grace)
                 return "timeout"
+            r = None
             if now - c.renewed_mono >= renew_every and now - last_try >= min(1.0, renew_every / 4):
-                last_try = now
+                last_try = last_look = now
                 r = self._renew(c)
-                if r == "fenced":
-                    p.kill("fenced", 0.5)
-                    return "fenced"
-                if r == "cancel":
-                    p.kill("cancelled", self.o.term_grace)
-                    return "cancelled"
-                if r == "down" and time.monotonic() - c.renewed_mono > self.o.lease - self._lease_safety():
-                    p.kill("lease lost", 0.5)
-                    return "lease_lost"
+            elif check_every > 0 and now - max(last_look, c.renewed_mono) >= check_every:
+                last_look = now
+                r = self._watch(c)
+            if r == "fenced":
+                p.kill("fenced", 0.5)
+                return "fenced"
+            if r == "cancel":
+                p.kill("cancelled", self.o.term_grace)
+                return "cancelled"
+            if r == "release":
+                p.kill("release requested", self.o.term_grace)
+                return "requeue"
+            if r == "down" and time.monotonic() - c.renewed_mono > self.o.lease - self._lease_safety():
+                p.kill("lease lost", 0.5)
+                return "lease_lost"
         # finished on its own; a pilot that slept (SIGSTOP) past its lease must not report
         # before checking it still holds the token -- finish is fenced by claim anyway.
         return "exited"
@@ -556,6 +705,8 @@ class Pilot:
         t = threading.Thread(target=target, daemon=True)
         t.start()
         renew_every = self.o.lease / 2.0
+        check_every = self.o.cancel_check or 0.0
+        last_look = time.monotonic()
         while True:
             t.join(0.25)
             if not t.is_alive():
@@ -564,17 +715,26 @@ class Pilot:
                 self._release(c, None)
                 return None
             now = time.monotonic()
+            r = None
             if now - c.renewed_mono >= renew_every:
+                last_look = now
                 r = self._renew(c)
-                if r == "fenced":
-                    self.stats.fenced += 1
-                    return None
-                if r == "cancel":
-                    self._fail(c, "CANCELLED", "cancelled by a user while preparing")
-                    return None
-                if r == "down" and time.monotonic() - c.renewed_mono > self.o.lease - self._lease_safety():
-                    self._fail(c, "LEASE_LOST", "could not renew the lease in time while preparing")
-                    return None
+            elif check_every > 0 and now - max(last_look, c.renewed_mono) >= check_every:
+                last_look = now
+                r = self._watch(c)
+            if r == "fenced":
+                self.stats.fenced += 1
+                return None
+            if r == "cancel":
+                self._fail(c, "CANCELLED", "cancelled by a user while preparing")
+                return None
+            if r == "release":
+                self._requeued.add(c.id)
+                self._release(c, None, f"release requested by {self._requested_by(c)} while preparing")
+                return None
+            if r == "down" and time.monotonic() - c.renewed_mono > self.o.lease - self._lease_safety():
+                self._fail(c, "LEASE_LOST", "could not renew the lease in time while preparing")
+                return None
         if "e" in box:
             raise box["e"]
         return box.get("r")
@@ -664,10 +824,13 @@ class Pilot:
             log.warning("finish of %s refused (%s): another pilot holds it; result not recorded",
                         c.id, res.reason)
 
-    def _release(self, c: Claimed, p: Optional[Payload]) -> None:
-        body: JSON = {"message": f"pilot {self.id} stopped "
-                                 f"({'signal ' + signal.Signals(self.stop_signal).name if self.stop_signal else 'walltime'});"
-                                 " token released"}
+    def _release(self, c: Claimed, p: Optional[Payload], why: Optional[str] = None) -> None:
+        """Give the token back to ``todo``, not counted (stop signal, walltime, or
+        ``why``: a release request, a lease that could not be renewed)."""
+        if why is None:
+            why = ("signal " + signal.Signals(self.stop_signal).name) if self.stop_signal else "walltime"
+            why = f"pilot {self.id} stopped ({why})"
+        body: JSON = {"message": f"{why}; token released"}
         if p is not None:
             body["log_tail"] = p.log_tail()
             inline: JSON = {}
@@ -721,6 +884,14 @@ class Pilot:
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, path)
+
+
+def _rev_gen(rev: Any) -> int:
+    """The generation number of a revision ``N-hash`` (-1 if not one)."""
+    try:
+        return int(str(rev).split("-", 1)[0])
+    except ValueError:
+        return -1
 
 
 def pilot_database(settings: Any) -> Database:

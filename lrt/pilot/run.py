@@ -104,12 +104,18 @@ _ENV_NAME = re.compile(r"[^A-Za-z0-9_]")
 
 def payload_env(doc: Mapping[str, Any], pilot_id: str, workdir: Path,
                 base: Optional[Mapping[str, str]] = None,
-                sandbox: Optional[Path] = None) -> Dict[str, str]:
+                sandbox: Optional[Path] = None, claim: Optional[str] = None,
+                lease_expires: Optional[float] = None,
+                clock_offset: Optional[float] = None) -> Dict[str, str]:
     """The payload's environment: the pilot's, plus the token's facts.
 
     ``LRT_P_<NAME>`` carries each payload parameter: strings as they are,
     anything else as JSON.  Secrets of the pilot (CouchDB credentials) are
     removed: the payload has no business writing to the token database.
+    ``LRT_CLAIM_ID`` names this attempt (unique per claim: e.g. for output
+    names); ``LRT_LEASE_EXPIRES`` (server clock, Unix seconds) and
+    ``LRT_CLOCK_OFFSET`` (server clock minus this node's clock) say what the
+    pilot believed when it started the payload -- for audits (bench/faults.py).
     """
     env = dict(os.environ if base is None else base)
     for k in ("LRT_COUCH_PASSWORD", "LRT_COUCH_PASSWORD_FILE", "LRT_COUCH_USER", "LRT_COUCH_URL"):
@@ -126,6 +132,14 @@ def payload_env(doc: Mapping[str, Any], pilot_id: str, workdir: Path,
     })
     if sandbox is not None:
         env["LRT_SANDBOX"] = str(sandbox)
+    for k in ("LRT_CLAIM_ID", "LRT_LEASE_EXPIRES", "LRT_CLOCK_OFFSET"):
+        env.pop(k, None)
+    if claim is not None:
+        env["LRT_CLAIM_ID"] = claim
+    if lease_expires is not None:
+        env["LRT_LEASE_EXPIRES"] = f"{lease_expires:.3f}"
+    if clock_offset is not None:
+        env["LRT_CLOCK_OFFSET"] = f"{clock_offset:.4f}"
     payload = doc.get("payload") or {}
     if isinstance(payload, dict):
         for name, value in payload.items():

@@ -27,8 +27,10 @@
     var h = doc.history || [];
     h.push({end: end, attempt: doc.attempts || 0, claim: lease.claim || null,
             pilot: lease.pilot || doc.pilot || null, host: doc.host || null,
-            batch_job: doc.batch_job || null, claimed: lease.claimed || null, finished: now,
-            state: dst, exit_code: exitCode, error: err ? {code: err.code, name: err.name} : null});
+            batch_job: doc.batch_job || null, claimed: lease.claimed || null,
+            expires: lease.expires || null, finished: now,
+            state: dst, exit_code: exitCode, error: err ? {code: err.code, name: err.name} : null,
+            late_request: null});
     while (h.length > HISTORY_LIMIT) { h.shift(); }
     doc.history = h;
   }

@@ -1,6 +1,7 @@
 // Cancel a token: waiting/staging/todo become cancelled at once; a locked
 // token gets cancel_requested = true and its pilot stops the payload at its
-// next heartbeat and records it cancelled.
+// next look at the token (every --cancel-check seconds, 20 by default) and
+// records it cancelled.
 // PUT _design/lrt-claim/_update/cancel/<id>, body {} (optional {by}).
 function (doc, req) {
   __LRT_PRELUDE__;

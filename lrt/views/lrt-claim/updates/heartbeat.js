@@ -1,6 +1,7 @@
 // Renew the lease of a running token.  Fencing: refused unless the token is
 // still locked under the caller's claim (the pilot then kills its payload and
-// leaves the token alone).  Also tells the pilot whether a cancel was asked.
+// leaves the token alone).  Also tells the pilot whether a cancel or a release
+// (stop and requeue, lrt release) was asked.
 // PUT _design/lrt-claim/_update/heartbeat/<id>, body {claim, lease_seconds}.
 function (doc, req) {
   __LRT_PRELUDE__;
@@ -14,5 +15,6 @@ function (doc, req) {
   doc.lease.renewed = now;
   doc.lease.expires = now + secs;
   return [doc, {json: {ok: true, now: now, expires: doc.lease.expires,
-                       cancel_requested: !!doc.cancel_requested}}];
+                       cancel_requested: !!doc.cancel_requested,
+                       release_requested: !!doc.release_requested}}];
 }

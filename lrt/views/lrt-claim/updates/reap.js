@@ -26,6 +26,7 @@ function (doc, req) {
   unlease();
   doc.exit_code = null;
   doc.cancel_requested = false;
+  delete doc.release_requested;
   doc.updated = now;
   return [doc, {json: {ok: true, state: dst, now: now}}];
 }

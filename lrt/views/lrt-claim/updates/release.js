@@ -1,5 +1,5 @@
 // Give a running token back at once (the pilot got SIGTERM/SIGINT or reached
-// its walltime): todo again, immediately claimable, and the attempt is NOT
+// its walltime, or was asked to: lrt release): todo again, immediately claimable, and the attempt is NOT
 // counted (attempts - 1; preemptions + 1), recorded in history as PREEMPTED.
 // PUT _design/lrt-claim/_update/release/<id>, body {claim, log_tail,
 // attachments, message}.
@@ -27,6 +27,7 @@ function (doc, req) {
   doc.error = err;
   if (b.log_tail !== undefined) { doc.log_tail = b.log_tail; }
   attach(b.attachments);
+  delete doc.release_requested;
   if (doc.cancel_requested) { doc.state = 'cancelled'; doc.cancel_requested = false; }
   doc.updated = now;
   return [doc, {json: {ok: true, state: doc.state, now: now}}];
