@@ -264,6 +264,8 @@ def stage_out(doc: dict, workdir: Path, attempt_id: str, still_holding: Callable
     for i, (tmp, final, checksum, size) in enumerate(uploaded):
         if not still_holding():
             _cleanup(backend, [u[0] for u in uploaded[i:]])
+            log.warning("stage-out: attempt %s no longer holds the token; %d output(s) not "
+                        "published, temporaries removed", attempt_id, len(uploaded) - i)
             raise StageOutError("this attempt no longer holds the token: outputs not published, "
                                 "temporaries removed", LEASE_LOST,
                                 {u[1]: "not committed (lease lost)" for u in uploaded[i:]})
