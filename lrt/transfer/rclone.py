@@ -186,6 +186,14 @@ class RcloneTransfer:
         return res
 
     def _error(self, args: Sequence[str], code: int, stderr: str) -> TransferError:
+        if "didn't find section in config file" in stderr:
+            remotes = [m.group(1) for m in map(_REMOTE_RE.match, args[1:]) if m]
+            name = remotes[0] if remotes else "?"
+            env_name = re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+            return TransferError(self.redact(
+                f"rclone remote {name!r} is not configured on this node (set RCLONE_CONFIG_{env_name}_TYPE "
+                "and its other settings in the environment, or give rclone a config file)"),
+                Failure.UNSUPPORTED)
         failure = Failure.NOT_FOUND if code in _NOT_FOUND_CODES else Failure.FAILED
         return TransferError(self.redact(f"rclone {args[0]} failed (exit {code}): {_summary(stderr)}"),
                              failure, _errno.ENOENT if failure is Failure.NOT_FOUND else None)

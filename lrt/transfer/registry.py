@@ -11,7 +11,6 @@ path loads gfal2 or looks for rclone only when a token uses them.
 """
 from __future__ import annotations
 
-import os
 import posixpath
 import urllib.parse
 from typing import Dict, Mapping, Optional
@@ -28,10 +27,10 @@ def backend_name(url: str) -> str:
     """``file``, ``gfal2`` or ``rclone`` for ``url``; TransferError when it is no URL at all."""
     from . import rclone
 
+    if url[:5].lower() == "file:":  # also file:/abs/path (no //), never a remote named "file"
+        return FILE
     if "://" in url:
         scheme = url.split("://", 1)[0].lower()
-        if scheme == "file":
-            return FILE
         if scheme == "rclone":
             return RCLONE
         if scheme and urllib.parse.urlsplit(url).scheme:
@@ -95,10 +94,3 @@ class Session:
                 backend = Gfal2Transfer(self.options)
             self._backends[name] = backend
         return backend
-
-    def redact(self, text: str) -> str:
-        """``text`` with URL credentials and any rclone secret blanked (for messages and logs)."""
-        from .rclone import redact_text, secrets
-
-        env = os.environ if self.env is None else self.env
-        return redact_text(text, secrets(env, self.options.rclone_config))

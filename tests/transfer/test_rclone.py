@@ -110,7 +110,7 @@ def test_lost_lease_publishes_nothing_on_s3(s3, bucket, rclone_env, tmp_path):
         pilot.stage_out(_doc(f"moto:{bucket}/out/L2"), tmp_path, "zombie", lost)
     assert ei.value.code == 40
     # everything was uploaded under attempt-scoped names before the lease was checked ...
-    assert sorted(asked[0]) == [f"out/L2/images/i1.fits.lrt-tmp-zombie", f"out/L2/sol.h5.lrt-tmp-zombie"]
+    assert sorted(asked[0]) == ["out/L2/images/i1.fits.lrt-tmp-zombie", "out/L2/sol.h5.lrt-tmp-zombie"]
     assert s3.keys(bucket) == {}  # ... and nothing is left: no final names, no temporaries
 
 
@@ -314,3 +314,49 @@ def test_object_without_a_hash_is_verified_by_size_and_says_so(s3, bucket, rclon
         pilot.stage_in({"inputs": [{"url": url, "checksum": "adler32:" + _adler(part1)}]},
                        tmp_path / "w3")
     assert ei.value.code == 23
+
+
+def test_unconfigured_remote_is_a_clear_error_not_retried(s3, rclone_env, tmp_path, caplog):
+    url = "rclone://nosuchremote/bucket/x.tar"
+    with pytest.raises(StageInError) as ei:
+        pilot.stage_in({"inputs": [{"url": url}]}, tmp_path)
+    assert ei.value.code == 21
+    assert "'nosuchremote' is not configured" in ei.value.per_file[url]
+    assert "RCLONE_CONFIG_NOSUCHREMOTE_TYPE" in ei.value.per_file[url]
+    assert "attempt" not in caplog.text
+
+
+def test_a_storage_that_never_answers_times_out(s3, rclone_env, monkeypatch, tmp_path):
+    """rclone runs with a timeout: an endpoint that accepts connections and then
+    says nothing fails the input instead of hanging the pilot."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # the kernel completes connections; nobody ever answers
+    try:
+        for k, v in s3.env.items():
+            if k.startswith("RCLONE_CONFIG_MOTO_"):
+                monkeypatch.setenv(k.replace("_MOTO_", "_SILENT_"), v)
+        monkeypatch.setenv("RCLONE_CONFIG_SILENT_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        url = "silent:bucket/x.tar"
+        opts = TransferOptions(retries=1, timeout=3, op_timeout=3)
+        with pytest.raises(StageInError) as ei:
+            pilot.stage_in({"inputs": [{"url": url}]}, tmp_path, options=opts)
+        assert ei.value.code == 21 and "timed out after 3s" in ei.value.per_file[url]
+    finally:
+        silent.close()
+
+
+def test_aws_ca_bundle_is_kept_from_rclone(s3, bucket, rclone_env, monkeypatch, tmp_path):
+    """rclone 1.60's S3 client fails when AWS_CA_BUNDLE is set (this machine sets
+    it); lrt removes it from rclone's environment by default."""
+    monkeypatch.setenv("AWS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    s3.put(bucket, "in/a.tar", b"abc")
+    url = f"moto:{bucket}/in/a.tar"
+    with pytest.raises(StageInError) as ei:
+        pilot.stage_in({"inputs": [{"url": url}]}, tmp_path / "w1",
+                       options=TransferOptions(retries=1, rclone_env_drop=()))
+    assert "CABundle" in ei.value.per_file[url] or "CA bundle" in ei.value.per_file[url], ei.value.per_file
+    pilot.stage_in({"inputs": [{"url": url}]}, tmp_path / "w2")
+    assert (tmp_path / "w2" / "a.tar").read_bytes() == b"abc"
