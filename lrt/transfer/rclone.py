@@ -50,8 +50,9 @@ _NOT_FOUND_CODES = (3, 4)
 #: names of variables and config keys whose values are credentials
 _SECRET_NAME = re.compile(r"(SECRET|PASS|TOKEN|KEY|CREDENTIAL|SESSION|SAS)", re.I)
 _NOT_SECRET = re.compile(r"(_|^)(ENV_AUTH|AUTH_URL|AUTH_VERSION|TYPE|PROVIDER|REGION|ENDPOINT)$", re.I)
+#: ``secret_access_key=VALUE``, ``password="VALUE"``, ``"token": "VALUE"`` (not ``NoSuchKey: text``)
 _KEY_VALUE = re.compile(r"""(?i)\b([a-z_]*(?:secret|pass|password|token|key|credentials?)[a-z_]*)"""
-                        r"""(\s*[=:]\s*|"\s*:\s*"|=")([^\s"',;&]+)""")
+                        r"""(\s*=\s*"?|"\s*:\s*")([^\s"',;&]+)""")
 
 
 def is_remote(url: str) -> bool:
@@ -91,6 +92,17 @@ def spec(url: str) -> str:
     return f"{name}:{path}"
 
 
+def _config_files(env: Mapping[str, str], config: Optional[str]) -> List[str]:
+    """The rclone config file rclone would read (``--config``, ``RCLONE_CONFIG``, its defaults)."""
+    if config or env.get("RCLONE_CONFIG"):
+        paths = [config or env["RCLONE_CONFIG"]]
+    else:
+        home = env.get("HOME") or os.path.expanduser("~")
+        xdg = env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+        paths = [os.path.join(xdg, "rclone", "rclone.conf"), os.path.join(home, ".rclone.conf")]
+    return [p for p in paths if os.path.isfile(p)]
+
+
 def secrets(env: Mapping[str, str], config: Optional[str] = None) -> List[str]:
     """Credential values in ``env`` (rclone and cloud variables) and in the rclone config file."""
     found: List[str] = []
@@ -104,8 +116,7 @@ def secrets(env: Mapping[str, str], config: Optional[str] = None) -> List[str]:
     for k, v in env.items():
         if k.startswith(("RCLONE_", "AWS_", "AZURE_", "GOOGLE_", "OS_", "SWIFT_", "B2_")):
             add(k, v)
-    path = config or env.get("RCLONE_CONFIG")
-    if path and os.path.isfile(path):
+    for path in _config_files(env, config):
         cp = configparser.RawConfigParser()
         try:
             cp.read(path)
@@ -113,7 +124,7 @@ def secrets(env: Mapping[str, str], config: Optional[str] = None) -> List[str]:
                 for k, v in cp.items(section):
                     add(k, v)
         except (configparser.Error, OSError, UnicodeDecodeError):
-            pass
+            pass  # unreadable or encrypted: rclone will say so itself
     return sorted(set(found), key=len, reverse=True)
 
 

@@ -161,7 +161,26 @@ def test_rclone_urls_parse_and_refuse_inline_credentials():
             rc.spec(bad)
         assert ei.value.failure is Failure.UNSUPPORTED and "SEKRIT" not in str(ei.value)
     assert "secret_access_key=***" in rc.redact_text("x secret_access_key=abc123 y")
+    assert rc.redact_text('Setting pass="obscured123" for') == 'Setting pass="***" for'
+    assert rc.redact_text("NoSuchKey: The specified key does not exist") == \
+        "NoSuchKey: The specified key does not exist"
     assert rc.redact_text("s3://u:pw123@host/x") == "s3://***@host/x"
+
+
+def test_secrets_of_a_config_file_are_redacted_too(tmp_path):
+    conf = tmp_path / "rclone.conf"
+    conf.write_text("[acacia]\ntype = s3\naccess_key_id = AKIDEXAMPLE\n"
+                    "secret_access_key = wJalrXUtnFEMIbPxRfiCYEXAMPLEKEY\nendpoint = https://x\n")
+    found = rc.secrets({"HOME": str(tmp_path / "nohome")}, str(conf))
+    assert "wJalrXUtnFEMIbPxRfiCYEXAMPLEKEY" in found and "https://x" not in found
+    assert "s3" not in found
+    text = rc.redact_text("auth failed for wJalrXUtnFEMIbPxRfiCYEXAMPLEKEY at https://x", found)
+    assert "wJalrXUtnFEMIbPxRfiCYEXAMPLEKEY" not in text and "https://x" in text
+    # rclone's default config file is found without being named
+    default = tmp_path / "home" / ".config" / "rclone" / "rclone.conf"
+    default.parent.mkdir(parents=True)
+    default.write_text(conf.read_text())
+    assert "wJalrXUtnFEMIbPxRfiCYEXAMPLEKEY" in rc.secrets({"HOME": str(tmp_path / "home")})
 
 
 def test_rclone_missing_is_a_clear_stage_error(tmp_path):
