@@ -40,7 +40,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from .. import errorcodes
 from ..errors import ConfigError, StageInError, StageOutError
 from ..transfer import (TMP_MARK, Checksum, Failure, Session, Transfer, TransferError,
-                        TransferOptions, Verify, file_checksum, file_name, join)
+                        TransferOptions, Verify, backend_name, file_checksum, file_name, join)
 
 log = logging.getLogger("lrt.staging")
 
@@ -211,8 +211,6 @@ def _collect(outputs: dict, workdir: Path) -> List[Tuple[Path, str]]:
 
 
 def _dest_prefix(outputs: object) -> str:
-    from ..transfer import backend_name
-
     dest = outputs.get("dest") if isinstance(outputs, dict) else None
     if isinstance(dest, str) and dest:
         try:
