@@ -47,10 +47,13 @@ import urllib.parse
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import IO, TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .. import errorcodes
 from ..errors import LrtError
+
+if TYPE_CHECKING:
+    from ..transfer import TransferOptions
 
 #: name of the attachment that holds the tarball on a sandbox document
 ATTACHMENT = "sandbox.tar.gz"
@@ -346,7 +349,8 @@ class _Lock:
             os.close(self.fd)  # closing releases the lock
 
 
-def _download_to(db: Any, sha256: str, url: Optional[str], dest: IO[bytes], options: Any = None) -> None:
+def _download_to(db: Any, sha256: str, url: Optional[str], dest: IO[bytes],
+                 options: "Optional[TransferOptions]" = None) -> None:
     """Write the sandbox's bytes into ``dest`` from ``url`` or the database attachment."""
     if url is None:
         from ..couch import CouchError, NotFound
@@ -405,7 +409,8 @@ def _redact(url: str) -> str:
     return redact_url(url, keep_query=False)
 
 
-def _gfal2_download(url: str, sha256: str, dest: IO[bytes], options: Any = None) -> None:
+def _gfal2_download(url: str, sha256: str, dest: IO[bytes],
+                    options: "Optional[TransferOptions]" = None) -> None:
     """Read ``url`` through gfal2 (root://, srm://, davs://, s3://, ...)."""
     from .. import transfer
     from ..transfer.gfal2 import Gfal2Transfer
@@ -435,7 +440,7 @@ class FetchResult:
 
 
 def fetch(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] = None,
-          options: Any = None) -> FetchResult:
+          options: "Optional[TransferOptions]" = None) -> FetchResult:
     """Make ``<cache_dir>/<sha256>/`` exist (download, verify, check, extract once).
 
     ``options`` (:class:`lrt.transfer.TransferOptions`) are the transfer settings
@@ -504,7 +509,7 @@ def fetch(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] 
 
 
 def fetch_sandbox(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] = None,
-                  options: Any = None) -> Path:
+                  options: "Optional[TransferOptions]" = None) -> Path:
     """The extracted sandbox directory, downloading and checking it the first time.
 
     ``db`` is the token database (the attachment source) and may be None when
