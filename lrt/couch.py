@@ -100,9 +100,13 @@ _STATUS_CLASS = {400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFou
 # helpers
 
 
-def redact_url(url: str) -> str:
-    """``url`` without any ``user:password@`` part."""
+def redact_url(url: str, keep_query: bool = True) -> str:
+    """``url`` without any ``user:password@`` part (nor its query string, which may
+    hold a token such as a presigned signature, unless ``keep_query``)."""
     parts = urllib.parse.urlsplit(url)
+    if not keep_query and (parts.query or parts.fragment):
+        parts = parts._replace(query="", fragment="")
+        url = urllib.parse.urlunsplit(parts)
     if parts.username is None and parts.password is None:
         return url
     host = parts.hostname or ""

@@ -26,7 +26,9 @@ to ``0o777`` (setuid/setgid/sticky stripped), so the checks do not depend on
 the Python version (tarfile's extraction filters exist only from 3.12).
 
 This module is on the pilot path: standard library and ``requests`` only;
-``gfal2`` is imported only for URLs that need it (``root://``, ``srm://``, ...).
+URLs other than http(s) and the database go through :mod:`lrt.transfer`
+(``file://``; rclone remotes; gfal2, imported only for URLs that need it:
+``root://``, ``srm://``, ...).
 """
 from __future__ import annotations
 
@@ -45,10 +47,13 @@ import urllib.parse
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import IO, TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .. import errorcodes
 from ..errors import LrtError
+
+if TYPE_CHECKING:
+    from ..transfer import TransferOptions
 
 #: name of the attachment that holds the tarball on a sandbox document
 ATTACHMENT = "sandbox.tar.gz"
@@ -344,7 +349,8 @@ class _Lock:
             os.close(self.fd)  # closing releases the lock
 
 
-def _download_to(db: Any, sha256: str, url: Optional[str], dest: IO[bytes]) -> None:
+def _download_to(db: Any, sha256: str, url: Optional[str], dest: IO[bytes],
+                 options: "Optional[TransferOptions]" = None) -> None:
     """Write the sandbox's bytes into ``dest`` from ``url`` or the database attachment."""
     if url is None:
         from ..couch import CouchError, NotFound
@@ -361,14 +367,7 @@ def _download_to(db: Any, sha256: str, url: Optional[str], dest: IO[bytes]) -> N
             raise SandboxError(f"sandbox {sha256[:12]}: download from CouchDB failed: {exc}") from None
         return
     scheme = urllib.parse.urlsplit(url).scheme.lower()
-    if scheme == "file":
-        path = _file_url_path(url)
-        try:
-            with open(path, "rb") as src:
-                shutil.copyfileobj(src, dest, _CHUNK)
-        except OSError as exc:
-            raise SandboxError(f"sandbox {sha256[:12]}: cannot read {url}: {exc.strerror}") from None
-    elif scheme in ("http", "https"):
+    if scheme in ("http", "https"):
         import requests
 
         try:
@@ -381,49 +380,51 @@ def _download_to(db: Any, sha256: str, url: Optional[str], dest: IO[bytes]) -> N
         except requests.RequestException as exc:
             raise SandboxError(f"sandbox {sha256[:12]}: GET {_redact(url)} failed: "
                                f"{type(exc).__name__}") from None
-    elif scheme:
-        _gfal2_download(url, sha256, dest)
-    else:
-        raise SandboxError(f"sandbox URL {url!r} has no scheme (want https://, file://, root://, ...)",
-                           BAD_TOKEN)
+        return
+    from .. import transfer
 
-
-def _file_url_path(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        raise SandboxError(f"file URL with a host is not supported: {url}", BAD_TOKEN)
-    return urllib.parse.unquote(parts.path)
+    try:
+        kind = transfer.backend_name(url)
+    except transfer.TransferError:
+        raise SandboxError(f"sandbox URL {_redact(url)!r} has no scheme (want https://, file://, "
+                           "root://, rclone://REMOTE/path, ...)", BAD_TOKEN) from None
+    if kind == transfer.GFAL2:
+        _gfal2_download(url, sha256, dest, options)
+        return
+    try:
+        session = transfer.Session(options or transfer.TransferOptions.from_env())
+        session.for_url(url).read(url, dest)
+    except transfer.TransferError as exc:
+        if exc.failure is transfer.Failure.UNSUPPORTED:
+            raise SandboxError(f"sandbox URL: {exc.reason}", BAD_TOKEN) from None
+        raise SandboxError(f"sandbox {sha256[:12]}: {exc.reason}") from None
+    except LrtError as exc:  # settings (ConfigError)
+        raise SandboxError(f"sandbox {sha256[:12]}: {exc}") from None
 
 
 def _redact(url: str) -> str:
     """The URL without credentials or query string (which may hold tokens)."""
-    p = urllib.parse.urlsplit(url)
-    host = p.hostname or ""
-    if p.port:
-        host += f":{p.port}"
-    return urllib.parse.urlunsplit((p.scheme, host, p.path, "", ""))
+    from ..couch import redact_url
+
+    return redact_url(url, keep_query=False)
 
 
-def _gfal2_download(url: str, sha256: str, dest: IO[bytes]) -> None:
+def _gfal2_download(url: str, sha256: str, dest: IO[bytes],
+                    options: "Optional[TransferOptions]" = None) -> None:
     """Read ``url`` through gfal2 (root://, srm://, davs://, s3://, ...)."""
+    from .. import transfer
+    from ..transfer.gfal2 import Gfal2Transfer
+
     try:
-        import gfal2  # noqa: F401 -- only here: most pilots never need it
-    except ImportError:
+        backend = Gfal2Transfer(options or transfer.TransferOptions())
+    except transfer.TransferError:
         raise SandboxError(f"sandbox URL {_redact(url)} needs the gfal2 Python bindings "
                            "(Debian/EL package python3-gfal2), which are not installed") from None
     try:
-        ctx = gfal2.creat_context()
-        fh = ctx.open(url, "r")
-        # read() decodes to str (and fails on binary data); read_bytes() does not
-        read = getattr(fh, "read_bytes", None) or fh.read
-        while True:
-            chunk = read(_CHUNK)
-            if not chunk:
-                break
-            dest.write(chunk if isinstance(chunk, bytes) else chunk.encode("latin-1"))
-    except gfal2.GError as exc:
+        backend.read(url, dest)
+    except transfer.TransferError as exc:
         raise SandboxError(f"sandbox {sha256[:12]}: gfal2 read of {_redact(url)} failed: "
-                           f"{exc.message if hasattr(exc, 'message') else exc}") from None
+                           f"{exc.reason}") from None
 
 
 @dataclass
@@ -438,8 +439,13 @@ class FetchResult:
     notes: List[str] = field(default_factory=list)
 
 
-def fetch(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] = None) -> FetchResult:
-    """Make ``<cache_dir>/<sha256>/`` exist (download, verify, check, extract once)."""
+def fetch(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] = None,
+          options: "Optional[TransferOptions]" = None) -> FetchResult:
+    """Make ``<cache_dir>/<sha256>/`` exist (download, verify, check, extract once).
+
+    ``options`` (:class:`lrt.transfer.TransferOptions`) are the transfer settings
+    for URL sources other than http(s); default: from the environment, read now.
+    """
     t0 = time.monotonic()
     sha256 = check_sha256(sha256)
     cache_dir = Path(cache_dir)
@@ -458,7 +464,7 @@ def fetch(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] 
                 try:
                     with os.fdopen(fd, "wb") as fh:
                         writer = _HashingWriter(fh)
-                        _download_to(db, sha256, url, writer)  # type: ignore[arg-type]
+                        _download_to(db, sha256, url, writer, options)  # type: ignore[arg-type]
                 except OSError as exc:  # e.g. the node's disk is full
                     raise SandboxError(f"sandbox {sha256[:12]}: writing the download into {cache_dir} "
                                        f"failed: {exc}") from None
@@ -502,14 +508,15 @@ def fetch(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] 
     return result
 
 
-def fetch_sandbox(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] = None) -> Path:
+def fetch_sandbox(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] = None,
+                  options: "Optional[TransferOptions]" = None) -> Path:
     """The extracted sandbox directory, downloading and checking it the first time.
 
     ``db`` is the token database (the attachment source) and may be None when
     ``url`` is given.  Raises :class:`SandboxError` with ``code`` 10 (download
     failed), 11 (hash mismatch), 12 (unsafe archive) or 51 (malformed hash).
     """
-    return fetch(db, sha256, cache_dir, url).path
+    return fetch(db, sha256, cache_dir, url, options).path
 
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,8 @@ and S3 through one API, which is why lrt uses it instead of a client per
 protocol.  It is *optional*: it comes from the OS packages (python3-gfal2, see
 scripts/testbed-gfal2.sh), is imported lazily here, and without it only staging
 is unavailable -- :func:`require` turns the ImportError into one clear line.
+Copies (stage-in, stage-out, sandbox reads) are not here: they go through
+:mod:`lrt.transfer` (its gfal2 backend).
 
 Bulk where gfal2 offers it: ``bring_online``, ``bring_online_poll`` and
 ``release`` take lists (one SRM request for many files).  gfal2 has no bulk
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import LrtError
+from ..transfer.gfal2 import reason as _reason
 
 ONLINE_STATES = frozenset({"ONLINE", "ONLINE_AND_NEARLINE"})
 FAILED_STATES = frozenset({"LOST", "UNAVAILABLE"})
@@ -56,12 +59,6 @@ def available() -> bool:
         return True
     except Gfal2Missing:
         return False
-
-
-def _reason(exc: BaseException) -> str:
-    code = getattr(exc, "code", None)
-    msg = getattr(exc, "message", None) or str(exc)
-    return f"[{code}] {msg}" if code is not None else msg
 
 
 def endpoint(url: str) -> Tuple[str, str]:

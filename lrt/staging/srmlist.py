@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-#: URL schemes accepted in file lists
-SCHEMES = ("srm", "gsiftp", "root", "https", "http", "davs", "file", "mock")
+#: URL schemes accepted in file lists (``rclone://REMOTE/path``: the remote is the "host")
+SCHEMES = ("srm", "gsiftp", "root", "https", "http", "davs", "file", "mock", "rclone")
 #: schemes that need a host part
-_NEEDS_HOST = {"srm", "gsiftp", "root", "https", "http", "davs"}
+_NEEDS_HOST = {"srm", "gsiftp", "root", "https", "http", "davs", "rclone"}
 
 #: LOFAR file names: L<obsid>_[SAP<n>_]SB<subband>...
 _LOFAR_RE = re.compile(r"(?:^|[_/])L(\d+)_(?:SAP\d+_)?SB(\d+)(?=[_.]|$)")

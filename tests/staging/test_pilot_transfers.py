@@ -27,7 +27,7 @@ def _put(xrootd, rel: str, data: bytes) -> str:
 
 @pytest.fixture
 def fast_retries(monkeypatch):
-    monkeypatch.setattr(pilot, "BACKOFF", 0.05)
+    monkeypatch.setenv("LRT_STAGE_BACKOFF", "0.05")
 
 
 def test_stage_in_with_expected_and_source_checksums(gfal2, xrootd, tmp_path):
