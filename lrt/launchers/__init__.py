@@ -505,12 +505,24 @@ def _save_ended(db: Any, doc: Dict[str, Any], ended: Dict[str, Any]) -> None:
     doc.update(new)
 
 
+def record_walltime(d: Mapping[str, Any]) -> Optional[float]:
+    """A launch record's pilot walltime in seconds (None: unknown or unlimited)."""
+    if d.get("walltime") is not None:
+        return float(d["walltime"])
+    opts = d.get("options") or {}
+    try:
+        argv = shlex.split(opts.get("pilot_args") or "")
+    except ValueError:
+        argv = []
+    return pilot_walltime(opts.get("time"), argv)
+
+
 def launch_summary(db: Any, limit: int = 20) -> List[Dict[str, Any]]:
     """Per recent launch: what was submitted, what runs now and how the ended pilots ended.
 
     One dict per launch, newest first: ``{"launch_id", "system", "batch_id",
     "type", "time", "submitted", "queued", "running", "finished", "failed",
-    "exit_codes", "flag", "host"}``.  ``queued`` and ``running`` come from
+    "exit_codes", "flag", "walltime", "host"}``.  ``queued`` and ``running`` come from
     ``squeue`` (Slurm), ``condor_q`` or ``/proc`` (local pilots on this host);
     they are None when the batch system cannot be asked from here.
     ``finished``/``failed`` count ended pilots: Slurm states and exit codes
@@ -570,7 +582,7 @@ def launch_summary(db: Any, limit: int = 20) -> List[Dict[str, Any]]:
                "queued": queued, "running": running,
                "finished": sum(1 for e in ended.values() if e.get("end") == PilotEnd.FINISHED.value),
                "failed": sum(1 for e in ended.values() if e.get("end") == PilotEnd.FAILED.value),
-               "exit_codes": codes, "host": d.get("host")}
+               "exit_codes": codes, "walltime": record_walltime(d), "host": d.get("host")}
         row["flag"] = launch_flag(row)
         out.append(row)
     return out
