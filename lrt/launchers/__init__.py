@@ -300,6 +300,8 @@ PASS_THROUGH: Tuple[str, ...] = (
     "PATH", "LD_LIBRARY_PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
     "LRT_HOME", "LRT_SANDBOX_CACHE", "LRT_SANDBOX_MAX_BYTES", "LRT_STAGE_RETRIES", "LRT_STAGE_BACKOFF",
     "LRT_STAGE_TIMEOUT",
+    # where grid/TLS clients (gfal2, payloads) find CAs and the user's proxy: paths, not secrets
+    "X509_USER_PROXY", "X509_CERT_DIR", "X509_VOMS_DIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
 )
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PASSWORD_VARS = ("LRT_COUCH_PASSWORD", "LRT_COUCH_PASSWORD_FILE")
@@ -478,6 +480,10 @@ def ended_entry(end: PilotEnd, state: Optional[str], exit_code: Optional[int],
     return e
 
 
+#: how often ``sacct`` is asked again about pilots it did not know (seconds)
+ACCOUNTING_EVERY = 3600.0
+
+
 def launch_flag(row: Mapping[str, Any]) -> str:
     """``"ALL FAILED"``, ``"N FAILED"`` or ``""`` for a :func:`launch_summary` row."""
     failed = int(row.get("failed") or 0)
@@ -488,7 +494,7 @@ def launch_flag(row: Mapping[str, Any]) -> str:
     return f"{failed} FAILED"
 
 
-def _save_ended(db: Any, doc: Dict[str, Any], ended: Dict[str, Any]) -> None:
+def _save_ended(db: Any, doc: Dict[str, Any], ended: Dict[str, Any], **more: Any) -> None:
     """Keep what we learnt about ended pilots in the launch record (best effort).
 
     Batch systems forget finished jobs (Slurm after ``MinJobAge``, accounting
@@ -497,6 +503,7 @@ def _save_ended(db: Any, doc: Dict[str, Any], ended: Dict[str, Any]) -> None:
     """
     new = dict(doc)
     new["ended"] = ended
+    new.update(more)
     try:
         new["_rev"] = db.put(new)
     except LrtError:
@@ -532,7 +539,9 @@ def launch_summary(db: Any, limit: int = 20) -> List[Dict[str, Any]]:
     (``ended``), so it survives the batch system forgetting the jobs.
     ``exit_codes`` maps each non-zero exit code (or ``"SIG<n>"``/state) to a
     count; ``flag`` is :func:`launch_flag`.  One ``squeue`` for all launches,
-    and one ``sacct`` per launch only while some of its pilots are unaccounted.
+    and one ``sacct`` per launch only while some of its pilots are unaccounted
+    (at most every :data:`ACCOUNTING_EVERY` seconds when accounting does not
+    know them either).
     """
     docs = launch_records(db, limit=limit)
     from . import local as _local
@@ -541,8 +550,9 @@ def launch_summary(db: Any, limit: int = 20) -> List[Dict[str, Any]]:
     def complete(d: Dict[str, Any]) -> bool:
         return len(d.get("ended") or {}) >= int(d.get("count") or 0)
 
-    slurm_states = (_slurm.queue_states()
-                    if any(d.get("system") == "slurm" and not complete(d) for d in docs) else None)
+    slurm_users = sorted({str(d.get("user") or getpass.getuser()) for d in docs
+                          if d.get("system") == "slurm" and not complete(d)})
+    slurm_states = _slurm.queue_states(",".join(slurm_users)) if slurm_users else None
     out: List[Dict[str, Any]] = []
     for d in docs:
         queued: Optional[int] = None
@@ -550,14 +560,19 @@ def launch_summary(db: Any, limit: int = 20) -> List[Dict[str, Any]]:
         system = d.get("system")
         ended: Dict[str, Any] = dict(d.get("ended") or {})
         seen: Dict[str, Any] = {}
+        accounted: Optional[float] = None
         if complete(d):
             queued, running = 0, 0
         elif system == "slurm" and d.get("batch_id"):
             if slurm_states is not None:
                 queued, running, seen = _slurm.element_states(slurm_states, str(d["batch_id"]))
                 live = queued + running
-                if live + len(set(ended) | set(seen)) < int(d.get("count") or 0):
-                    seen.update(_slurm.accounted_ends(str(d["batch_id"])) or {})
+                if live + len(set(ended) | set(seen)) < int(d.get("count") or 0) and \
+                        time.time() - float(d.get("accounted") or 0) > ACCOUNTING_EVERY:
+                    got = _slurm.accounted_ends(str(d["batch_id"])) or {}
+                    seen.update(got)
+                    if live + len(set(ended) | set(seen)) < int(d.get("count") or 0):
+                        accounted = time.time()   # accounting does not know them either: ask less often
         elif system == "local" and d.get("host") == socket.gethostname():
             running, seen = _local.process_states(d)
             queued = 0
@@ -568,9 +583,9 @@ def launch_summary(db: Any, limit: int = 20) -> List[Dict[str, Any]]:
             if counts is not None:
                 queued, running = counts
         fresh = {k: v for k, v in seen.items() if k not in ended}
-        if fresh:
+        if fresh or accounted:
             ended.update(fresh)
-            _save_ended(db, d, ended)
+            _save_ended(db, d, ended, **({"accounted": accounted} if accounted else {}))
         codes: Dict[str, int] = {}
         for e in ended.values():
             if e.get("end") == PilotEnd.FAILED.value:

@@ -189,7 +189,8 @@ class JobRow(NamedTuple):
 
 
 def queue_states(user: Optional[str] = None) -> Optional[List[JobRow]]:
-    """Every job of the user slurmctld still knows, ended ones included; None if squeue is unusable.
+    """Every job of ``user`` (a name or comma-separated names; default: us) that slurmctld still
+    knows, ended ones included; None if squeue is unusable.
 
     ``-r`` lists every array element on its own line, pending ones included,
     so counts are per pilot; ``--states=all`` keeps elements that ended within

@@ -244,11 +244,17 @@ def explain(db: Database, doc_id: str, pilots: Optional[Pilots] = None) -> Token
             holds.append(Hold(Reason.BACKOFF, f"retry backoff{why}: not claimable before {_utc(nb)} "
                                               f"({_ago(nb, now)})", until=nb))
         if not holds:
-            n = len(pilots.launches)
-            seen = (f"{n} launch(es) with pilots" if n else "") + \
-                   (f"{', ' if n else ''}{pilots.leases} running token(s) of this type" if pilots.leases else "")
+            seen = []
+            if pilots.launches:
+                seen.append(f"{len(pilots.launches)} launch(es) with pilots queued or running")
+            if pilots.leases:
+                seen.append(f"{pilots.leases} running token(s) of this type")
+            if pilots.unknown and not pilots.seen:
+                seen.append(f"{len(pilots.unknown)} launch(es) whose batch system cannot be asked from here")
+            if not seen:
+                seen.append(f"its last attempt ended at {_utc(last_end)}")
             holds.append(Hold(Reason.QUEUED, f"claimable now (priority {doc.get('priority') or 0}); "
-                                             f"waits its turn ({seen or 'pilots were active recently'})"))
+                                             f"waits its turn ({', '.join(seen)})"))
     elif state == "locked":
         lease = doc.get("lease") or {}
         exp = float(lease.get("expires") or 0)
