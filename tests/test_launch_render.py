@@ -477,18 +477,21 @@ def test_batch_launch_to_loopback_server_warns(system, warned, couch, db, lrt_cm
 
 # ---------------------------------------------------------------- what failed after
 
-def _launch_local(couch, db, lrt_cmd, home, *args: str) -> dict:
+def _launch_local(couch, db, lrt_cmd, home, *args: str, rc: int = 0):
     env = couch.env(db.name)
     env["LRT_HOME"] = str(home)
     res = subprocess.run(lrt_cmd + ["launch", "local"] + list(args), env=env, cwd=str(ROOT),
                          capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    return env
+    assert res.returncode == rc, res.stderr
+    return env, res
 
 
 def test_local_pilots_that_die_are_counted_failed_and_flagged(couch, db, lrt_cmd, home):
-    fail = f"{sys.executable} -c 'import sys; sys.exit(3)'"
-    env = _launch_local(couch, db, lrt_cmd, home, "--pilots", "2", "--type", "t", "--lrt", fail)
+    fail = f"{sys.executable} -c 'import sys; print(\"no such site setup\"); sys.exit(3)'"
+    env, res = _launch_local(couch, db, lrt_cmd, home, "--pilots", "2", "--type", "t", "--lrt", fail, rc=1)
+    # `launch local` itself says so: the pilots died at once
+    assert "2 of 2 local pilot(s) failed at once (exit 3)" in res.stderr, res.stderr
+    assert "ends with: no such site setup" in res.stderr
     s = poll(lambda: (lambda r: r if r["failed"] == 2 else None)(launch_summary(db)[0]), 30, 0.2,
              "both pilots to be counted failed")
     assert (s["submitted"], s["running"], s["finished"], s["failed"]) == (2, 0, 0, 2)

@@ -248,6 +248,13 @@ def cmd_local(ctx) -> int:
                        lrt=a.lrt, env_names=a.env_names)
     ctx.out(f"started {doc['count']} local pilot(s): pids {' '.join(map(str, doc['pids']))} "
             f"(launch {doc['launch_id']}, logs in {doc['dir']})")
+    failed = local.early_failures(doc)
+    if failed:
+        first = failed[0]
+        _warn(f"{len(failed)} of {doc['count']} local pilot(s) failed at once (exit "
+              f"{', '.join(sorted({str(f['exit'] if f['exit'] is not None else 'SIG' + str(f['signal'])) for f in failed}))}); "
+              f"{first['log']} ends with: {first['tail'] or '(nothing)'}")
+        return 1
     return 0
 
 

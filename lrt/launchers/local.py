@@ -21,6 +21,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -143,3 +144,29 @@ def launch(db: Any, conn: Connection, pilots: int, token_type: Optional[str], ex
                          dir=str(folder), pids=[p["pid"] for p in procs], processes=procs,
                          argv=argv, walltime=pilot_walltime(None, pargv),
                          options={"pilot_args": extra_args})
+
+
+def early_failures(record: Dict[str, Any], wait: float = 1.0) -> List[Dict[str, Any]]:
+    """Pilots of a fresh local launch that failed within ``wait`` seconds (a broken --lrt, a bad config).
+
+    Returns ``[{"index", "exit", "signal", "log", "tail"}]`` (``tail``: the last
+    line of the pilot's output); waits less when every pilot has ended.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        running, ended = process_states(record)
+        if running == 0 or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    out = []
+    for k, e in sorted(ended.items(), key=lambda kv: int(kv[0])):
+        if e["end"] != PilotEnd.FAILED.value:
+            continue
+        log = Path(record["dir"]) / f"pilot-{k}.out"
+        try:
+            lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            lines = []
+        out.append({"index": int(k), "exit": e.get("exit"), "signal": e.get("signal"), "log": str(log),
+                    "tail": lines[-1][:300] if lines else ""})
+    return out

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
-from ..couch import Database
+from ..couch import Database, NotFound
 from ..design import CLAIM_DDOC, MONITOR_DDOC
 from ..errors import LrtError
 
@@ -141,7 +141,10 @@ def pilots_for(db: Database, token_type: Optional[str], server_now: float) -> Pi
               and (r.get("failed") or 0) + (r.get("finished") or 0) < int(r.get("submitted") or 0)
               and server_now - float(r.get("time") or 0) < UNKNOWN_AGE):
             p.unknown.append(r)
-    rows = db.view(MONITOR_DDOC, "locked", startkey=server_now, limit=LOCKED_CAP + 1).get("rows", [])
+    try:
+        rows = db.view(MONITOR_DDOC, "locked", startkey=server_now, limit=LOCKED_CAP + 1).get("rows", [])
+    except NotFound:
+        raise LrtError(f"database {db.name} has no lrt views (`lrt create` installs them)") from None
     p.leases_sampled = len(rows) > LOCKED_CAP
     p.leases = sum(1 for r in rows[:LOCKED_CAP] if (r.get("value") or {}).get("type") == token_type
                    or token_type is None)
