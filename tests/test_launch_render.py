@@ -525,9 +525,15 @@ def test_killed_local_pilot_is_failed_with_its_signal(couch, db, lrt_cmd, home):
     os.kill(rec["pids"][0], signal.SIGTERM)   # the wrapper passes it on to the pilot
     s = poll(lambda: (lambda r: r if r["failed"] == 1 else None)(launch_summary(db)[0]), 30, 0.2, "one failed")
     assert (s["running"], s["finished"], s["flag"], s["exit_codes"]) == (1, 0, "1 FAILED", {"SIG15": 1})
-    os.kill(rec["pids"][1], signal.SIGKILL)   # the wrapper itself: its pilot's end is unknown
-    s = poll(lambda: (lambda r: r if r["failed"] == 2 else None)(launch_summary(db)[0]), 30, 0.2, "two failed")
-    assert s["flag"] == "ALL FAILED" and s["exit_codes"] == {"SIG15": 1, "LOST": 1}
+    w = rec["pids"][1]
+    orphans = [int(c) for c in Path(f"/proc/{w}/task/{w}/children").read_text().split()]
+    os.kill(w, signal.SIGKILL)   # the wrapper itself: its pilot's end is unknown
+    try:
+        s = poll(lambda: (lambda r: r if r["failed"] == 2 else None)(launch_summary(db)[0]), 30, 0.2, "two failed")
+        assert s["flag"] == "ALL FAILED" and s["exit_codes"] == {"SIG15": 1, "LOST": 1}
+    finally:
+        for pid in orphans:
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_parse_sacct():
