@@ -16,8 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Say why a token is not running: staging, backoff, no pilot of its type, "
                                    "walltime, attempts used up, cancel, conflict, or the pilot that runs it.")
     p.add_argument("id", nargs="?", metavar="ID", help="a token id")
-    p.add_argument("--type", dest="token_type", help="a summary for all tokens of this type: counts per reason")
-    p.add_argument("--sample", type=int, default=1000,
+    p.add_argument("--type", dest="token_type", metavar="T",
+                   help="a summary for all tokens of this type: counts per reason")
+    p.add_argument("--sample", type=int, default=1000, metavar="N",
                    help="with --type: claim-queue rows read to split todo tokens by reason (default 1000)")
     p.add_argument("--json", action="store_true", help="machine-readable (reasons as their enum values)")
     p.set_defaults(func=cmd_why)
