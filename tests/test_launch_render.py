@@ -25,6 +25,7 @@ from lrt.launchers import htcondor as condor_l
 from lrt.launchers import jdl as jdl_l
 from lrt.launchers import slurm as slurm_l
 from lrt.settings import Settings
+from pilot_helpers import poll
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-Pa55-word-%$&'\"x"
@@ -87,8 +88,9 @@ def test_slurm_file_mode_script_has_path_not_password(home, conn):
     assert "export LRT_COUCH_URL=https://couch.example.org:6984" in r.script
     assert "export LRT_COUCH_USER=lofar" in r.script
     assert re.search(r"pilot --type calib --lease 30 --idle-exit 5$", r.script, re.M)
-    assert r.sbatch_options == ["--job-name=lrt-pilot-calib", "--array=0-3%2", "--partition=short",
-                                "--time=01:00:00", "--cpus-per-task=2", "--mem=4G", "--dependency=afterok:77"]
+    assert r.sbatch_options[0].startswith("--export=")
+    assert r.sbatch_options[1:] == ["--job-name=lrt-pilot-calib", "--array=0-3%2", "--partition=short",
+                                    "--time=01:00:00", "--cpus-per-task=2", "--mem=4G", "--dependency=afterok:77"]
     # the script is valid bash
     res = subprocess.run(["bash", "-n"], input=r.script, text=True, capture_output=True)
     assert res.returncode == 0, res.stderr
@@ -337,3 +339,210 @@ def test_local_pilots_detached_recorded_password_in_env_only(couch, db, lrt_cmd,
     while time.time() < deadline and launch_summary(db)[0]["running"]:
         time.sleep(0.2)
     assert launch_summary(db)[0]["running"] == 0
+
+
+# ---------------------------------------------------------------- what travels to the jobs
+
+UNRELATED = {"MY_API_TOKEN": "tok-Zx81-unrelated-secret", "LRT_TEST_COUCH_PASSWORD": "suite-pw-Qq19",
+             "AWS_SECRET_ACCESS_KEY": "aws-k3y-unrelated"}
+
+
+@pytest.mark.parametrize("mode", ["file", "env"])
+def test_sbatch_exports_only_what_the_pilot_needs(home, conn, monkeypatch, mode):
+    for k, v in UNRELATED.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("SITE_SETTING", "x")
+    r = slurm_l.render_script(conn, slurm_l.SlurmOptions(credentials=mode, env=["SITE_SETTING"]))
+    (export,) = [o for o in r.sbatch_options if o.startswith("--export=")]
+    names = export[len("--export="):].split(",")
+    assert "ALL" not in names and "NONE" not in names
+    assert not set(UNRELATED) & set(names), names
+    assert {"PATH", "LRT_COUCH_URL", "LRT_COUCH_DB", "LRT_COUCH_USER", "SITE_SETTING"} <= set(names)
+    assert ("LRT_COUCH_PASSWORD" in names) == (mode == "env")
+    # names only: no value (the password least of all) on sbatch's command line
+    assert all("=" not in n for n in names) and SECRET not in export
+
+
+@pytest.mark.parametrize("bad", ["LRT_COUCH_PASSWORD", "LRT_COUCH_PASSWORD_FILE", "A=B", "two words", ""])
+def test_env_option_refuses_passwords_and_non_names(home, conn, bad):
+    with pytest.raises(ConfigError):
+        slurm_l.render_script(conn, slurm_l.SlurmOptions(env=[bad]))
+
+
+def test_htcondor_refuses_getenv_true(home, conn, tmp_path):
+    with pytest.raises(ConfigError, match="whole submitting environment"):
+        condor_l.render_files(conn, condor_l.CondorOptions(extra=["getenv = True"]), tmp_path, "x")
+    files = condor_l.render_files(conn, condor_l.CondorOptions(extra=["getenv = PATH, HOME"]), tmp_path, "x")
+    kv, _ = parse_submit(files["sub"])
+    assert kv["getenv"] == "PATH, HOME"
+
+
+def test_local_pilots_get_no_unrelated_secret(couch, db, lrt_cmd, home):
+    env = couch.env(db.name)
+    env["LRT_HOME"] = str(home)
+    env.update(UNRELATED)
+    env["SITE_SETTING"] = "wanted"
+    fake = f"{sys.executable} -c 'import time; time.sleep(120)'"
+    res = subprocess.run(lrt_cmd + ["launch", "local", "--pilots", "1", "--lrt", fake, "--env", "SITE_SETTING"],
+                         env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    (rec,) = [r["doc"] for r in db.all_docs(startkey="launch:", endkey="launch:\ufff0", include_docs=True)["rows"]]
+    (pid,) = rec["pids"]
+    try:
+        environ = dict(e.split(b"=", 1) for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in e)
+        assert not {k.encode() for k in UNRELATED} & set(environ), sorted(environ)
+        for v in UNRELATED.values():
+            assert v.encode() not in b"".join(environ.values())
+        assert environ[b"LRT_COUCH_PASSWORD"] == couch.password.encode()
+        assert environ[b"LRT_COUCH_URL"] == couch.url.encode() and environ[b"SITE_SETTING"] == b"wanted"
+        assert environ[b"LRT_LAUNCH_ID"] == rec["launch_id"].encode()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+
+
+# ---------------------------------------------------------------- refuse before submitting
+
+@pytest.mark.parametrize("system", ["slurm", "htcondor", "jdl", "local"])
+@pytest.mark.parametrize("args, says", [("--idle-exti 5", "unrecognized arguments: --idle-exti 5"),
+                                        ("--lease abc", "--lease"), ("--url http://x", "unrecognized")])
+def test_bad_pilot_args_are_refused_before_anything(system, args, says, couch, db, lrt_cmd, home):
+    env = couch.env(db.name)
+    env["LRT_HOME"] = str(home)
+    res = subprocess.run(lrt_cmd + ["launch", system, "--pilots", "2", "--type", "t", "--pilot-args", args],
+                         env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert res.stderr.startswith("lrt: error: --pilot-args:") and says in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and "nothing was submitted" in res.stderr
+    assert not home.exists()   # no launch folder, no password file
+    assert db.all_docs(startkey="launch:", endkey="launch:\ufff0")["rows"] == []
+
+
+def test_good_pilot_args_pass(home, couch, db, lrt_cmd):
+    env = couch.env("lrt_dry_run_never_created")
+    env["LRT_HOME"] = str(home)
+    res = subprocess.run(lrt_cmd + ["launch", "slurm", "--pilots", "1", "--dry-run", "--pilot-args",
+                                    "--idle-exit 5 --lease 30 --walltime 1:00:00 --max-tokens 3"],
+                         env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "pilot --idle-exit 5 --lease 30 --walltime 1:00:00 --max-tokens 3" in res.stdout
+
+
+def test_dry_run_sbatch_line_is_shell_quoted(couch, lrt_cmd, home, tmp_path):
+    """The printed sbatch line, pasted into bash, runs sbatch with exactly its arguments and nothing else."""
+    env = couch.env("lrt_dry_run_never_created")
+    env["LRT_HOME"] = str(home)
+    x, y = tmp_path / "X", tmp_path / "Y"
+    name = f"j$(touch {x})`touch {y}`;touch {y} 'q\" \\"
+    res = subprocess.run(lrt_cmd + ["launch", "slurm", "--pilots", "2", "--dry-run", f"--job-name={name}",
+                                    f"--sbatch-arg=--comment=a b;touch {y}"],
+                         env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    line = res.stdout.splitlines()[0]
+    assert line.startswith("# sbatch ")
+    # a stand-in sbatch that prints its arguments, NUL-separated
+    script = 'sbatch() { printf "%s\\0" "$@"; }\n' + line[2:] + "\n"
+    out = subprocess.run(["bash", "-c", script], cwd=str(tmp_path), capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert not x.exists() and not y.exists()
+    args = out.stdout.decode().split("\0")[:-1]
+    assert f"--job-name={name}" in args and f"--comment=a b;touch {y}" in args
+    assert args[0] == "--parsable" and args[-1] == "<launch folder>/pilot.sh"
+
+
+@pytest.mark.parametrize("url, warned", [
+    ("http://127.0.0.1:5984", True), ("http://127.8.9.1:5984", True), ("https://localhost:6984/", True),
+    ("http://LOCALHOST.:5984", True), ("http://[::1]:5984", True), ("http://[::ffff:127.0.0.1]:5984", True),
+    ("https://couch.example.org:6984", False), ("http://10.0.0.5:5984", False), ("http://[2001:db8::1]/", False),
+])
+def test_loopback_warning(url, warned):
+    from lrt.launchers import loopback_warning
+
+    w = loopback_warning(url)
+    assert bool(w) == warned
+    if w:
+        assert url in w and "worker node" in w
+
+
+@pytest.mark.parametrize("system, warned", [("slurm", True), ("htcondor", True), ("jdl", True), ("local", False)])
+def test_batch_launch_to_loopback_server_warns(system, warned, couch, db, lrt_cmd, home):
+    assert couch.url.startswith("http://127.0.0.1")
+    env = couch.env(db.name)
+    env["LRT_HOME"] = str(home)
+    extra = ["--lrt", f"{sys.executable} -c pass"] if system == "local" else ["--dry-run"]
+    res = subprocess.run(lrt_cmd + ["launch", system, "--pilots", "1"] + extra,
+                         env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert ("lrt: warning:" in res.stderr and "loopback" in res.stderr) == warned, res.stderr
+
+
+# ---------------------------------------------------------------- what failed after
+
+def _launch_local(couch, db, lrt_cmd, home, *args: str, rc: int = 0):
+    env = couch.env(db.name)
+    env["LRT_HOME"] = str(home)
+    res = subprocess.run(lrt_cmd + ["launch", "local"] + list(args), env=env, cwd=str(ROOT),
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == rc, res.stderr
+    return env, res
+
+
+def test_local_pilots_that_die_are_counted_failed_and_flagged(couch, db, lrt_cmd, home):
+    fail = f"{sys.executable} -c 'import sys; print(\"no such site setup\"); sys.exit(3)'"
+    env, res = _launch_local(couch, db, lrt_cmd, home, "--pilots", "2", "--type", "t", "--lrt", fail, rc=1)
+    # `launch local` itself says so: the pilots died at once
+    assert "2 of 2 local pilot(s) failed at once (exit 3)" in res.stderr, res.stderr
+    assert "ends with: no such site setup" in res.stderr
+    s = poll(lambda: (lambda r: r if r["failed"] == 2 else None)(launch_summary(db)[0]), 30, 0.2,
+             "both pilots to be counted failed")
+    assert (s["submitted"], s["running"], s["finished"], s["failed"]) == (2, 0, 0, 2)
+    assert s["exit_codes"] == {"3": 2} and s["flag"] == "ALL FAILED"
+    # what was learnt is kept in the record, not only in the launch folder
+    (rec,) = [r["doc"] for r in db.all_docs(startkey="launch:", endkey="launch:\ufff0", include_docs=True)["rows"]]
+    assert {e["exit"] for e in rec["ended"].values()} == {3}
+    table = subprocess.run(lrt_cmd + ["launch", "list"], env=env, cwd=str(ROOT), capture_output=True, text=True,
+                           timeout=60).stdout
+    assert "ALL FAILED (3: 2)" in table.splitlines()[1], table
+    status = subprocess.run(lrt_cmd + ["status"], env=env, cwd=str(ROOT), capture_output=True, text=True,
+                            timeout=60).stdout
+    assert "ALL FAILED" in status, status
+    st = json.loads(subprocess.run(lrt_cmd + ["status", "--json"], env=env, cwd=str(ROOT), capture_output=True,
+                                   text=True, timeout=60).stdout)
+    assert [(p["failed"], p["flag"]) for p in st["pilots"]] == [(2, "ALL FAILED")]
+
+
+def test_real_local_pilots_that_end_idle_are_counted_finished(couch, db, lrt_cmd, home):
+    _launch_local(couch, db, lrt_cmd, home, "--pilots", "2", "--type", "nothing-here",
+                  "--pilot-args", "--idle-exit 1 --poll 0.2")
+    s = poll(lambda: (lambda r: r if r["finished"] + r["failed"] == 2 else None)(launch_summary(db)[0]), 60, 0.3,
+             "both pilots to end")
+    assert (s["finished"], s["failed"], s["flag"], s["running"]) == (2, 0, "", 0), s
+
+
+def test_killed_local_pilot_is_failed_with_its_signal(couch, db, lrt_cmd, home):
+    fake = f"{sys.executable} -c 'import time; time.sleep(120)'"
+    _launch_local(couch, db, lrt_cmd, home, "--pilots", "2", "--lrt", fake)
+    (rec,) = [r["doc"] for r in db.all_docs(startkey="launch:", endkey="launch:\ufff0", include_docs=True)["rows"]]
+    os.kill(rec["pids"][0], signal.SIGTERM)   # the wrapper passes it on to the pilot
+    s = poll(lambda: (lambda r: r if r["failed"] == 1 else None)(launch_summary(db)[0]), 30, 0.2, "one failed")
+    assert (s["running"], s["finished"], s["flag"], s["exit_codes"]) == (1, 0, "1 FAILED", {"SIG15": 1})
+    w = rec["pids"][1]
+    orphans = [int(c) for c in Path(f"/proc/{w}/task/{w}/children").read_text().split()]
+    os.kill(w, signal.SIGKILL)   # the wrapper itself: its pilot's end is unknown
+    try:
+        s = poll(lambda: (lambda r: r if r["failed"] == 2 else None)(launch_summary(db)[0]), 30, 0.2, "two failed")
+        assert s["flag"] == "ALL FAILED" and s["exit_codes"] == {"SIG15": 1, "LOST": 1}
+    finally:
+        for pid in orphans:
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_parse_sacct():
+    """sacct's parsable output (accounting is off on the test cluster; squeue covers recent ends there)."""
+    text = ("77_0|COMPLETED|0:0\n77_1|FAILED|2:0\n77_2|CANCELLED by 1000|0:15\n77_3|TIMEOUT|0:0\n"
+            "77_[4-6]|PENDING|0:0\n77_7|RUNNING|0:0\n78_0|FAILED|1:0\n")
+    got = slurm_l.parse_sacct(text, "77")
+    assert sorted(got) == ["0", "1", "2", "3"]
+    assert got["0"]["end"] == "finished"
+    assert (got["1"]["end"], got["1"]["exit"]) == ("failed", 2)
+    assert (got["2"]["state"], got["2"].get("signal")) == ("CANCELLED", 15)
+    assert got["3"]["end"] == "failed"

@@ -153,8 +153,12 @@ exec PYEXE -c 'import os; from lrt.settings import resolve; from lrt.batch impor
 db = resolve(use_local=False).database(); \
 db.put({"_id": "probe-" + os.environ["SLURM_ARRAY_TASK_ID"], "kind": "probe", \
 "pwfile": os.environ.get("LRT_COUCH_PASSWORD_FILE"), "pwenv": "LRT_COUCH_PASSWORD" in os.environ, \
-"launch": os.environ["LRT_LAUNCH_ID"], "job": job_info()})'
+"launch": os.environ["LRT_LAUNCH_ID"], "job": job_info(), "env": sorted(os.environ)})'
 """
+
+#: secret-looking variables of the submitting shell that are none of the pilot's business
+UNRELATED = {"MY_API_TOKEN": "tok-Zx81-unrelated-secret", "LRT_TEST_COUCH_PASSWORD": "suite-pw-Qq19",
+             "AWS_SECRET_ACCESS_KEY": "aws-k3y-unrelated"}
 
 
 def _files_containing(paths: List[Path], secret: bytes) -> List[str]:
@@ -171,8 +175,10 @@ def _files_containing(paths: List[Path], secret: bytes) -> List[str]:
 
 @pytest.mark.parametrize("mode", ["file", "env"])
 def test_credentials_reach_the_job_but_no_file(mode, run_lrt, db, couch, tmp_path):
+    """The password reaches the job the one intended way; other secrets of the submitting shell not at all."""
     tpl = tmp_path / "probe.tmpl"
     tpl.write_text(PROBE.replace("PYEXE", sys.executable))
+    run_lrt.env.update(UNRELATED)
     run_lrt("launch", "slurm", "--pilots", "2", "--template", str(tpl), "--credentials", mode,
             "--dir", str(tmp_path / "launches"))
     (rec,) = launch_records(db)
@@ -186,6 +192,8 @@ def test_credentials_reach_the_job_but_no_file(mode, run_lrt, db, couch, tmp_pat
             assert p["pwfile"] and Path(p["pwfile"]).read_text() == couch.password and not p["pwenv"]
         else:
             assert p["pwenv"] and p["pwfile"] is None
+        assert not set(UNRELATED) & set(p["env"]), p["env"]
+        assert "LRT_COUCH_URL" in p["env"] and "PATH" in p["env"]
     secret = couch.password.encode()
     # what lrt wrote: the launch folder (script, job logs) and the launch record
     assert _files_containing([Path(rec["dir"])], secret) == []
@@ -195,14 +203,17 @@ def test_credentials_reach_the_job_but_no_file(mode, run_lrt, db, couch, tmp_pat
                             timeout=30)
     if stored.returncode == 0:
         assert stored.stdout and secret not in stored.stdout
+    conf = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
+    state = Path(re.search(r"StateSaveLocation\s*=\s*(\S+)", conf).group(1))
+    first = int(rec["batch_id"])   # array elements get ids from the array's id upwards
+    job_dirs = [d for d in state.glob("hash.*/job.*") if d.name[4:].isdigit()
+                and first <= int(d.name[4:]) <= first + 2]
+    assert job_dirs, f"no job state for {first} under {state}"
     if mode == "file":
-        conf = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True).stdout
-        state = Path(re.search(r"StateSaveLocation\s*=\s*(\S+)", conf).group(1))
-        first = int(rec["batch_id"])   # array elements get ids from the array's id upwards
-        job_dirs = [d for d in state.glob("hash.*/job.*") if d.name[4:].isdigit()
-                    and first <= int(d.name[4:]) <= first + 2]
-        assert job_dirs, f"no job state for {first} under {state}"
         assert _files_containing(job_dirs, secret) == []
+    # the job's stored environment holds none of the unrelated secrets, in either mode
+    for value in UNRELATED.values():
+        assert _files_containing(job_dirs + [Path(rec["dir"])], value.encode()) == []
 
 
 def test_nothing_is_submitted_when_the_record_cannot_be_written(run_lrt, couch, tmp_path):
@@ -210,7 +221,9 @@ def test_nothing_is_submitted_when_the_record_cannot_be_written(run_lrt, couch, 
     res = run_lrt("--db", "lrt_test_no_such_database", "launch", "slurm", "--pilots", "2",
                   "--dir", str(tmp_path / "L"), check=False)
     assert res.returncode != 0 and "Traceback" not in res.stderr
-    assert res.stderr.startswith("lrt: error:") and "lrt_test_no_such_database" in res.stderr, res.stderr
+    # (the test cluster is on loopback like the server, so the loopback warning comes first)
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("lrt: error:") and "lrt_test_no_such_database" in last, res.stderr
     after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
     assert set(after) <= set(before)
     assert not (tmp_path / "L").exists()
@@ -237,6 +250,9 @@ def test_pilot_array_drains_tokens(run_lrt, db):
     (s,) = launch_summary(db)
     assert (s["system"], s["batch_id"], s["submitted"], s["queued"], s["running"]) == \
         ("slurm", rec["batch_id"], 3, 0, 0)
+    # every element ended well (squeue --states=all), and the record keeps it
+    assert (s["finished"], s["failed"], s["flag"]) == (3, 0, ""), s
+    assert sorted(db.get(rec["_id"])["ended"]) == ["0", "1", "2"]
 
 
 def test_status_counts_queued_and_running(run_lrt, db):
@@ -251,7 +267,7 @@ def test_status_counts_queued_and_running(run_lrt, db):
     listed = json.loads(run_lrt("launch", "list", "--json").stdout)
     assert [(r["batch_id"], r["submitted"], r["queued"]) for r in listed] == [(s["batch_id"], 2, 2)]
     table = run_lrt("launch", "list").stdout.splitlines()
-    assert len(table) == 2 and table[1].split()[2:] == ["slurm", s["batch_id"], "nothing", "2", "2", "0"]
+    assert len(table) == 2 and table[1].split()[2:] == ["slurm", s["batch_id"], "nothing", "2", "2", "0", "0", "0"]
     subprocess.run(["scontrol", "release", s["batch_id"]], check=True, capture_output=True)
     wait_for(lambda: launch_summary(db)[0]["running"] >= 1 or not squeue_ids(s["batch_id"]), 60,
              "a pilot to start")
@@ -343,3 +359,32 @@ def test_elastic_launcher_submits_to_the_backlog_and_stops(run_lrt, db):
     assert sum(r["count"] for r in recs) >= 2
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("round 1:")]
     assert lines and "30 todo, 0 queued, 0 running -> submitted 2" in lines[0]
+
+
+# ---------------------------------------------------------------- pilots that fail are shown failed
+
+def test_pilots_that_fail_at_start_are_flagged(run_lrt, db):
+    """Every array element dies at once (a broken site wrapper): list and status say so, with the code."""
+    run_lrt("launch", "slurm", "--pilots", "2", "--type", "doomed", "--lrt", "sh -c 'exit 3'")
+    (rec,) = launch_records(db)
+    s = wait_for(lambda: (lambda r: r if r["failed"] == 2 else None)(launch_summary(db)[0]), 90,
+                 "both elements to be counted failed")
+    assert (s["batch_id"], s["queued"], s["running"], s["finished"]) == (rec["batch_id"], 0, 0, 0)
+    assert s["exit_codes"] == {"3": 2} and s["flag"] == "ALL FAILED"
+    assert {e["state"] for e in db.get(rec["_id"])["ended"].values()} == {"FAILED"}
+    row = run_lrt("launch", "list").stdout.splitlines()[1]
+    assert row.split()[2:10] == ["slurm", rec["batch_id"], "doomed", "2", "0", "0", "0", "2"], row
+    assert row.endswith("ALL FAILED (3: 2)")
+    assert "ALL FAILED" in run_lrt("status").stdout
+    (p,) = json.loads(run_lrt("status", "--json").stdout)["pilots"]
+    assert (p["failed"], p["flag"]) == (2, "ALL FAILED")
+
+
+def test_bad_pilot_args_submit_nothing(run_lrt, db, tmp_path):
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    res = run_lrt("launch", "slurm", "--pilots", "50", "--pilot-args", "--idle-exti 5",
+                  "--dir", str(tmp_path / "L"), check=False)
+    assert res.returncode == 2 and "unrecognized arguments: --idle-exti 5" in res.stderr, res.stderr
+    after = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    assert set(after) <= set(before) and launch_records(db) == []
+    assert not (tmp_path / "L").exists()

@@ -8,9 +8,55 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-from typing import Any
+import shlex
+import sys
+from typing import Any, List, Optional
 
 from ..errors import ConfigError
+
+
+class _PilotArgsParser(argparse.ArgumentParser):
+    """``lrt pilot``'s own options, refusing with its message instead of exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"--pilot-args: `lrt pilot` would refuse them: {message}; nothing was submitted "
+                          f"(see `lrt pilot --help`)")
+
+
+def check_pilot_args(token_type: Optional[str], extra: Optional[str]) -> List[str]:
+    """Parse what the pilots will get with the pilot's own parser, before anything is submitted.
+
+    A typo (``--idle-exti 5``) or a bad value (``--lease abc``) would otherwise
+    make every array element die at start with ``unrecognized arguments``.
+    Returns the argument vector after ``lrt pilot``.
+    """
+    from ..launchers import pilot_args
+    from .pilot import add_pilot_options
+
+    argv = pilot_args(token_type, extra)
+    p = _PilotArgsParser(prog="lrt pilot", add_help=False)
+    add_pilot_options(p)
+    p.parse_args(argv)
+    return argv
+
+
+def _warn(text: str) -> None:
+    print(f"lrt: warning: {text}", file=sys.stderr, flush=True)
+
+
+def _check_reachable(conn: Any) -> None:
+    """Warn when pilots on other machines would be sent to a loopback URL (not for local launches)."""
+    from ..launchers import loopback_warning
+
+    w = loopback_warning(conn.url)
+    if w:
+        _warn(w)
+
+
+def _env_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", dest="env_names", action="append", default=[], metavar="NAME",
+                   help="also pass this variable of your environment to the pilots (repeatable); by default "
+                        "they get only PATH, HOME, locale, LRT_HOME and the connection (docs/launch.md)")
 
 
 def _common(p: argparse.ArgumentParser, pilots_required: bool = True) -> None:
@@ -50,6 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "that sbatch passes on")
     s.add_argument("--dry-run", action="store_true", help="print the script and sbatch command; submit nothing")
     s.add_argument("--job-name", help="Slurm job name (default lrt-pilot-TYPE)")
+    _env_option(s)
     a = s.add_argument_group("elastic mode (--auto): keep pilots in proportion to the todo tokens")
     a.add_argument("--auto", action="store_true", help="loop: submit pilots while tokens are todo")
     a.add_argument("--max-pilots", type=int, help="most pilots queued or running at once (required with --auto)")
@@ -81,9 +128,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     lo = ls.add_parser("local", help="N detached `lrt pilot` processes on this machine")
     _common(lo)
+    _env_option(lo)
     lo.set_defaults(func=cmd_local)
 
-    li = ls.add_parser("list", help="recent launches: submitted, queued and running pilots")
+    li = ls.add_parser("list", help="recent launches: submitted, queued, running, finished and failed pilots")
     li.add_argument("--limit", type=int, default=20)
     li.add_argument("--json", action="store_true")
     li.set_defaults(func=cmd_list)
@@ -117,14 +165,18 @@ def cmd_slurm(ctx) -> int:
         pilots=1 if a.auto else _pilots(ctx), token_type=a.token_type, partition=a.partition, time=a.time,
         cpus=a.cpus, mem=a.mem, throttle=a.throttle, after=a.after, template=a.template,
         pilot_args=a.pilot_args, sbatch_args=a.sbatch_args, credentials=a.credentials,
-        password_file=a.password_file, base_dir=a.base_dir, lrt=a.lrt, job_name=a.job_name)
+        password_file=a.password_file, base_dir=a.base_dir, lrt=a.lrt, job_name=a.job_name,
+        env=a.env_names)
+    check_pilot_args(a.token_type, a.pilot_args)
     conn = _conn(ctx)
+    _check_reachable(conn)
     if a.dry_run:
         r = slurm.render_script(conn, opts, write=False)
         folder = "<launch folder>"
         from pathlib import Path
 
-        ctx.out("# " + " ".join(slurm.sbatch_argv(r, Path(folder))))
+        # quoted like the script: pasted into a shell, the line runs this sbatch and nothing else
+        ctx.out("# " + shlex.join(slurm.sbatch_argv(r, Path(folder))))
         ctx.out(r.script)
         return 0
     if a.auto:
@@ -145,7 +197,9 @@ def cmd_htcondor(ctx) -> int:
                                   template=a.template, wrapper_template=a.wrapper_template,
                                   pilot_args=a.pilot_args, extra=a.extra, password_file=a.password_file,
                                   base_dir=a.base_dir, lrt=a.lrt)
+    check_pilot_args(a.token_type, a.pilot_args)
     conn = _conn(ctx)
+    _check_reachable(conn)
     if a.dry_run:
         from pathlib import Path
 
@@ -173,7 +227,9 @@ def cmd_jdl(ctx) -> int:
     opts = jdl.JdlOptions(pilots=_pilots(ctx), token_type=a.token_type, template=a.template,
                           wrapper_template=a.wrapper_template, pilot_args=a.pilot_args, cpu_time=cpu_time,
                           extra=a.extra, password_file=a.password_file, base_dir=a.base_dir, lrt=a.lrt)
+    check_pilot_args(a.token_type, a.pilot_args)
     conn = _conn(ctx)
+    _check_reachable(conn)
     if a.dry_run:
         files = jdl.render_files(conn, opts, "<launch id>", write=False)
         ctx.out("# ---- pilot.jdl\n" + files["jdl"] + "# ---- pilot.sh\n" + files["wrapper"])
@@ -186,11 +242,42 @@ def cmd_local(ctx) -> int:
     from ..launchers import local
 
     a = ctx.args
-    doc = local.launch(ctx.db, _conn(ctx), _pilots(ctx), a.token_type, a.pilot_args, base_dir=a.base_dir,
-                       lrt=a.lrt)
+    n = _pilots(ctx)
+    check_pilot_args(a.token_type, a.pilot_args)
+    doc = local.launch(ctx.db, _conn(ctx), n, a.token_type, a.pilot_args, base_dir=a.base_dir,
+                       lrt=a.lrt, env_names=a.env_names)
     ctx.out(f"started {doc['count']} local pilot(s): pids {' '.join(map(str, doc['pids']))} "
             f"(launch {doc['launch_id']}, logs in {doc['dir']})")
+    failed = local.early_failures(doc)
+    if failed:
+        first = failed[0]
+        _warn(f"{len(failed)} of {doc['count']} local pilot(s) failed at once (exit "
+              f"{', '.join(sorted({str(f['exit'] if f['exit'] is not None else 'SIG' + str(f['signal'])) for f in failed}))}); "
+              f"{first['log']} ends with: {first['tail'] or '(nothing)'}")
+        return 1
     return 0
+
+
+def format_launches(rows: List[dict], color: bool = False) -> List[str]:
+    """The ``lrt launch list`` table; a launch with failed pilots is flagged (red on a terminal)."""
+    lines = [f"{'when (UTC)':19}  {'system':8}  {'batch id':>10}  {'type':12}  {'submitted':>9}  "
+             f"{'queued':>6}  {'running':>7}  {'finished':>8}  {'failed':>6}  flag"]
+
+    def n(v: Any) -> str:
+        return "?" if v is None else str(v)
+
+    for r in rows:
+        when = datetime.datetime.fromtimestamp(r["time"] or 0, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        flag = r.get("flag") or ""
+        if flag and r.get("exit_codes"):
+            flag += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(r["exit_codes"].items())) + ")"
+        line = (f"{when:19}  {r['system'] or '':8}  {r['batch_id'] or '-':>10}  {(r['type'] or '-'):12}  "
+                f"{r['submitted']:>9}  {n(r['queued']):>6}  {n(r['running']):>7}  {n(r.get('finished')):>8}  "
+                f"{n(r.get('failed')):>6}  {flag}").rstrip()
+        if flag and color:
+            line = f"\033[31m{line}\033[0m"
+        lines.append(line)
+    return lines
 
 
 def cmd_list(ctx) -> int:
@@ -203,14 +290,6 @@ def cmd_list(ctx) -> int:
     if not rows:
         ctx.out("no launches recorded in this database")
         return 0
-    ctx.out(f"{'when (UTC)':19}  {'system':8}  {'batch id':>10}  {'type':12}  {'submitted':>9}  "
-            f"{'queued':>6}  {'running':>7}")
-
-    def n(v: Any) -> str:
-        return "?" if v is None else str(v)
-
-    for r in rows:
-        when = datetime.datetime.fromtimestamp(r["time"] or 0, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        ctx.out(f"{when:19}  {r['system'] or '':8}  {r['batch_id'] or '-':>10}  {(r['type'] or '-'):12}  "
-                f"{r['submitted']:>9}  {n(r['queued']):>6}  {n(r['running']):>7}")
+    for line in format_launches(rows, color=sys.stdout.isatty()):
+        ctx.out(line)
     return 0

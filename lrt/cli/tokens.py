@@ -184,11 +184,13 @@ def format_pilots(rows: List[Dict[str, Any]]) -> str:
     if not rows:
         return ""
     n = lambda v: "?" if v is None else str(v)
-    lines = ["", "pilots (recent launches)", "system    batch id      type          submitted  queued  running"]
+    lines = ["", "pilots (recent launches)",
+             "system    batch id      type          submitted  queued  running  finished  failed"]
     for r in rows:
         lines.append(f"{str(r.get('system')):<9} {str(r.get('batch_id') or '-'):<13} "
                      f"{str(r.get('type') or 'any'):<13} {r.get('submitted', 0):>9}  "
-                     f"{n(r.get('queued')):>6}  {n(r.get('running')):>7}")
+                     f"{n(r.get('queued')):>6}  {n(r.get('running')):>7}  {n(r.get('finished')):>8}  "
+                     f"{n(r.get('failed')):>6}  {r.get('flag') or ''}".rstrip())
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime
 import getpass
 import hashlib
+import ipaddress
 import os
 import re
 import secrets
@@ -37,14 +38,16 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError, LrtError
 
 __all__ = ["render", "template_variables", "find_template", "Connection", "connection",
            "lrt_command", "new_launch_id", "launch_dir", "record_launch", "launch_summary",
-           "LaunchError", "TEMPLATE_DIRS"]
+           "LaunchError", "TEMPLATE_DIRS", "job_env_names", "job_env", "loopback_warning",
+           "PilotEnd", "launch_flag", "pilot_walltime"]
 
 
 class LaunchError(LrtError):
@@ -288,6 +291,115 @@ def submit_env(conn: Connection, mode: str) -> Dict[str, str]:
     return env
 
 
+#: what a job takes from the submitting environment: shell basics and lrt's
+#: non-secret knobs (docs/launch.md, "What the job's environment holds").  The job
+#: script sets the connection itself; the password travels only as the password
+#: file or, with ``--credentials env``, as ``LRT_COUCH_PASSWORD``.  Everything
+#: else in the submitting shell -- tokens, keys, other passwords -- stays behind.
+PASS_THROUGH: Tuple[str, ...] = (
+    "PATH", "LD_LIBRARY_PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+    "LRT_HOME", "LRT_SANDBOX_CACHE", "LRT_SANDBOX_MAX_BYTES", "LRT_STAGE_RETRIES", "LRT_STAGE_BACKOFF",
+    "LRT_STAGE_TIMEOUT",
+    # where grid/TLS clients (gfal2, payloads) find CAs and the user's proxy: paths, not secrets
+    "X509_USER_PROXY", "X509_CERT_DIR", "X509_VOMS_DIR", "SSL_CERT_FILE", "SSL_CERT_DIR",
+)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PASSWORD_VARS = ("LRT_COUCH_PASSWORD", "LRT_COUCH_PASSWORD_FILE")
+
+
+def job_env_names(conn: Connection, mode: str, extra: Sequence[str] = (),
+                  environ: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Names of the variables a job gets from the submitting environment.
+
+    :data:`PASS_THROUGH` (those that are set), the connection's public
+    variables, ``extra`` (``--env NAME``, checked to be plain names and not a
+    password variable) and, in ``mode == "env"`` with a password,
+    ``LRT_COUCH_PASSWORD``.  Values are never part of the list (``sbatch
+    --export=NAME`` takes them from its own environment), so they do not show in
+    ``ps`` or in the launch record.
+    """
+    env = os.environ if environ is None else environ
+    for name in extra:
+        if not _ENV_NAME.match(name):
+            raise ConfigError(f"--env wants a variable name, got {name!r}")
+        if name in _PASSWORD_VARS:
+            raise ConfigError(f"--env {name}: the password reaches jobs through --credentials, not --env")
+    names = [n for n in PASS_THROUGH if n in env] + sorted(conn.public_env()) + list(extra)
+    if mode == "env" and conn.password:
+        names.append("LRT_COUCH_PASSWORD")
+    out: List[str] = []
+    for n in names:
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def job_env(conn: Connection, mode: str, extra: Sequence[str] = ()) -> Dict[str, str]:
+    """The environment itself (for processes lrt starts directly: local pilots)."""
+    src = submit_env(conn, mode)
+    return {n: src[n] for n in job_env_names(conn, mode, extra, environ=src) if n in src}
+
+
+def loopback_warning(url: str) -> Optional[str]:
+    """A warning when pilots on other machines would be pointed at a loopback URL, else None.
+
+    ``localhost`` (and ``*.localhost``), 127.0.0.0/8 and ``::1`` (also as an
+    IPv4-mapped address) name the machine the pilot runs on, not this one.
+    """
+    import urllib.parse
+
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    h = host.lower().rstrip(".")
+    loop = h == "localhost" or h.endswith(".localhost")
+    if not loop:
+        try:
+            ip = ipaddress.ip_address(h)
+        except ValueError:
+            ip = None
+        if ip is not None:
+            mapped = getattr(ip, "ipv4_mapped", None)
+            loop = ip.is_loopback or bool(mapped and mapped.is_loopback)
+    if not loop:
+        return None
+    return (f"the pilots will connect to {url}, a loopback address: on a worker node that is the node "
+            f"itself, not this machine. Give the server's network name (--url or LRT_COUCH_URL) unless "
+            f"the jobs run on this host")
+
+
+def pilot_walltime(batch_time: Optional[str], pilot_argv: Sequence[str]) -> Optional[float]:
+    """Seconds a launch's pilots may run, when known: the shorter of the batch limit and ``--walltime``.
+
+    ``batch_time`` is Slurm's ``--time`` (a lone number there means minutes).
+    Used by ``lrt why`` to tell a token that no pilot's walltime fits.
+    """
+    from ..batch import parse_duration
+
+    found: List[float] = []
+    if batch_time:
+        t = str(batch_time).strip()
+        try:
+            found.append(float(t) * 60 if t.isdigit() else parse_duration(t))
+        except ValueError:
+            pass
+    for i, a in enumerate(pilot_argv):
+        val = None
+        if a == "--walltime" and i + 1 < len(pilot_argv):
+            val = pilot_argv[i + 1]
+        elif a.startswith("--walltime="):
+            val = a.split("=", 1)[1]
+        if val is not None:
+            try:
+                found.append(parse_duration(val))
+            except ValueError:
+                pass
+    return min(found) if found else None
+
+
 # ---------------------------------------------------------------------------
 # launch records
 
@@ -349,39 +461,145 @@ def launch_records(db: Any, limit: Optional[int] = 50, system: Optional[str] = N
     return docs[:limit] if limit else docs
 
 
+class PilotEnd(str, Enum):
+    """How one pilot of a launch ended, as ``lrt launch list`` and ``lrt status`` count it."""
+
+    FINISHED = "finished"  #: exit status 0 (Slurm COMPLETED)
+    FAILED = "failed"      #: non-zero exit, killed, timed out, node failure, lost
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def ended_entry(end: PilotEnd, state: Optional[str], exit_code: Optional[int],
+                signal_no: Optional[int] = None) -> Dict[str, Any]:
+    """One ended pilot as stored in a launch record's ``ended`` map."""
+    e: Dict[str, Any] = {"end": end.value, "state": state, "exit": exit_code}
+    if signal_no:
+        e["signal"] = signal_no
+    return e
+
+
+#: how often ``sacct`` is asked again about pilots it did not know (seconds)
+ACCOUNTING_EVERY = 3600.0
+
+
+def launch_flag(row: Mapping[str, Any]) -> str:
+    """``"ALL FAILED"``, ``"N FAILED"`` or ``""`` for a :func:`launch_summary` row."""
+    failed = int(row.get("failed") or 0)
+    if not failed:
+        return ""
+    if failed >= int(row.get("submitted") or 0):
+        return "ALL FAILED"
+    return f"{failed} FAILED"
+
+
+def _save_ended(db: Any, doc: Dict[str, Any], ended: Dict[str, Any], **more: Any) -> None:
+    """Keep what we learnt about ended pilots in the launch record (best effort).
+
+    Batch systems forget finished jobs (Slurm after ``MinJobAge``, accounting
+    after its purge); the record keeps them.  A conflict or a read-only
+    account only means the next look asks the batch system again.
+    """
+    new = dict(doc)
+    new["ended"] = ended
+    new.update(more)
+    try:
+        new["_rev"] = db.put(new)
+    except LrtError:
+        return
+    doc.clear()
+    doc.update(new)
+
+
+def record_walltime(d: Mapping[str, Any]) -> Optional[float]:
+    """A launch record's pilot walltime in seconds (None: unknown or unlimited)."""
+    if d.get("walltime") is not None:
+        return float(d["walltime"])
+    opts = d.get("options") or {}
+    try:
+        argv = shlex.split(opts.get("pilot_args") or "")
+    except ValueError:
+        argv = []
+    return pilot_walltime(opts.get("time"), argv)
+
+
 def launch_summary(db: Any, limit: int = 20) -> List[Dict[str, Any]]:
-    """Per recent launch: what was submitted and what the batch system says now.
+    """Per recent launch: what was submitted, what runs now and how the ended pilots ended.
 
     One dict per launch, newest first: ``{"launch_id", "system", "batch_id",
-    "type", "time", "submitted", "queued", "running", "host"}``.  ``queued`` and
-    ``running`` come from ``squeue`` (Slurm) or ``/proc`` (local pilots on this
-    host); they are None when the batch system cannot be asked from here (no
-    ``squeue``, another host, HTCondor without ``condor_q``).  One query per
-    batch system, whatever the number of launches.
+    "type", "time", "submitted", "queued", "running", "finished", "failed",
+    "exit_codes", "flag", "walltime", "host"}``.  ``queued`` and ``running`` come from
+    ``squeue`` (Slurm), ``condor_q`` or ``/proc`` (local pilots on this host);
+    they are None when the batch system cannot be asked from here.
+    ``finished``/``failed`` count ended pilots: Slurm states and exit codes
+    from ``squeue --states=all`` (recently ended jobs) and ``sacct`` (older
+    ones, where accounting is on); local pilots' exit status from the files
+    their wrapper writes.  What was learnt is kept in the launch record
+    (``ended``), so it survives the batch system forgetting the jobs.
+    ``exit_codes`` maps each non-zero exit code (or ``"SIG<n>"``/state) to a
+    count; ``flag`` is :func:`launch_flag`.  One ``squeue`` for all launches,
+    and one ``sacct`` per launch only while some of its pilots are unaccounted
+    (at most every :data:`ACCOUNTING_EVERY` seconds when accounting does not
+    know them either).
     """
     docs = launch_records(db, limit=limit)
     from . import local as _local
     from . import slurm as _slurm
 
-    slurm_states = _slurm.queue_states() if any(d.get("system") == "slurm" for d in docs) else None
+    def complete(d: Dict[str, Any]) -> bool:
+        return len(d.get("ended") or {}) >= int(d.get("count") or 0)
+
+    slurm_users = sorted({str(d.get("user") or getpass.getuser()) for d in docs
+                          if d.get("system") == "slurm" and not complete(d)})
+    slurm_states = _slurm.queue_states(",".join(slurm_users)) if slurm_users else None
     out: List[Dict[str, Any]] = []
     for d in docs:
         queued: Optional[int] = None
         running: Optional[int] = None
         system = d.get("system")
-        if system == "slurm" and slurm_states is not None and d.get("batch_id"):
-            queued, running = _slurm.count_states(slurm_states, str(d["batch_id"]))
+        ended: Dict[str, Any] = dict(d.get("ended") or {})
+        seen: Dict[str, Any] = {}
+        accounted: Optional[float] = None
+        if complete(d):
+            queued, running = 0, 0
+        elif system == "slurm" and d.get("batch_id"):
+            if slurm_states is not None:
+                queued, running, seen = _slurm.element_states(slurm_states, str(d["batch_id"]))
+                live = queued + running
+                if live + len(set(ended) | set(seen)) < int(d.get("count") or 0) and \
+                        time.time() - float(d.get("accounted") or 0) > ACCOUNTING_EVERY:
+                    got = _slurm.accounted_ends(str(d["batch_id"])) or {}
+                    seen.update(got)
+                    if live + len(set(ended) | set(seen)) < int(d.get("count") or 0):
+                        accounted = time.time()   # accounting does not know them either: ask less often
         elif system == "local" and d.get("host") == socket.gethostname():
-            queued, running = 0, _local.count_alive(d.get("pids") or [])
+            running, seen = _local.process_states(d)
+            queued = 0
         elif system == "htcondor" and d.get("batch_id"):
             from . import htcondor as _condor
 
             counts = _condor.queue_counts(str(d["batch_id"]))
             if counts is not None:
                 queued, running = counts
-        out.append({"launch_id": d.get("launch_id"), "system": system, "batch_id": d.get("batch_id"),
-                    "type": d.get("type"), "time": d.get("time"), "submitted": d.get("count", 0),
-                    "queued": queued, "running": running, "host": d.get("host")})
+        fresh = {k: v for k, v in seen.items() if k not in ended}
+        if fresh or accounted:
+            ended.update(fresh)
+            _save_ended(db, d, ended, **({"accounted": accounted} if accounted else {}))
+        codes: Dict[str, int] = {}
+        for e in ended.values():
+            if e.get("end") == PilotEnd.FAILED.value:
+                key = (f"SIG{e['signal']}" if e.get("signal") else
+                       str(e["exit"]) if e.get("exit") not in (None, 0) else str(e.get("state") or "?"))
+                codes[key] = codes.get(key, 0) + 1
+        row = {"launch_id": d.get("launch_id"), "system": system, "batch_id": d.get("batch_id"),
+               "type": d.get("type"), "time": d.get("time"), "submitted": d.get("count", 0),
+               "queued": queued, "running": running,
+               "finished": sum(1 for e in ended.values() if e.get("end") == PilotEnd.FINISHED.value),
+               "failed": sum(1 for e in ended.values() if e.get("end") == PilotEnd.FAILED.value),
+               "exit_codes": codes, "walltime": record_walltime(d), "host": d.get("host")}
+        row["flag"] = launch_flag(row)
+        out.append(row)
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import ConfigError, LrtError
 from . import (Connection, password_file_for, LaunchError, check_no_secret, find_template, launch_dir, new_launch_id,
-               record_launch, render, submit_env)
+               pilot_walltime, record_launch, render, submit_env)
 from .wrapper import plain, render_wrapper
 
 TEMPLATE = "htcondor.sub.tmpl"
@@ -55,6 +55,10 @@ def render_files(conn: Connection, opts: CondorOptions, folder: Path, launch_id:
         for line in opts.extra:
             if "\n" in line or "\r" in line or re.match(r"\s*queue\b", line, re.I):
                 raise ValueError(f"--submit-line must be one line and not a queue statement: {line!r}")
+            if re.match(r"\s*getenv\s*=\s*(true|yes|t|y|1|\*)\s*$", line, re.I):
+                raise ValueError(f"--submit-line {line!r} would copy the whole submitting environment (and "
+                                 f"any secret in it) into the jobs; name the variables instead "
+                                 f"(getenv = PATH, HOME) or use 'environment = ...'")
             extra.append(line)
         variables = {
             "launch_id": launch_id, "launch_id_plain": launch_id, "count": str(opts.pilots),
@@ -72,7 +76,7 @@ def render_files(conn: Connection, opts: CondorOptions, folder: Path, launch_id:
     if write:
         password_file_for(conn, opts.password_file, write=True)  # only after every check
     return {"sub": sub, "wrapper": w["text"], "template_path": tpl, "template_text": text + w["template_text"],
-            "password_path": w["password_path"]}
+            "password_path": w["password_path"], "pilot_argv": w["pilot_argv"]}
 
 
 def launch(db: Any, conn: Connection, opts: CondorOptions, out=print) -> Optional[Dict[str, Any]]:
@@ -104,7 +108,8 @@ def launch(db: Any, conn: Connection, opts: CondorOptions, out=print) -> Optiona
     try:
         return record_launch(db, launch_id, "htcondor", cluster, opts.pilots, opts.token_type,
                              files["template_text"], dir=str(folder), template=str(files["template_path"]),
-                             credentials="file", options={"cpus": opts.cpus, "mem": opts.mem,
+                             credentials="file", walltime=pilot_walltime(None, files["pilot_argv"]),
+                             options={"cpus": opts.cpus, "mem": opts.mem,
                                                           "pilot_args": opts.pilot_args})
     except LrtError as exc:
         raise LaunchError(f"submitted HTCondor cluster {cluster} but could not record the launch: {exc}") from None

@@ -3,18 +3,56 @@
 For a workstation, a VM, or an interactive allocation.  The processes start in
 their own session (a closing terminal does not kill them), log to the launch
 folder, and get the password through their environment (only the owner can
-read ``/proc/PID/environ``).  The launch record keeps their PIDs and start
-times so ``lrt status`` can tell which are still alive on this host.
+read ``/proc/PID/environ``) -- the environment holds only what a pilot needs
+(:func:`lrt.launchers.job_env`), not the whole submitting shell.  The launch
+record keeps their PIDs and start times so ``lrt status`` can tell which are
+still alive on this host.
+
+Nobody waits for a detached process, so each pilot runs under a tiny wrapper
+(:data:`WRAPPER`, the same interpreter, standard library only) that passes
+signals on, waits, and writes the pilot's exit status to ``pilot-<i>.exit`` in
+the launch folder; ``lrt launch list`` reads it to count finished and failed
+pilots.
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
-from typing import Any, Dict, List, Optional
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
-from . import Connection, launch_dir, lrt_command, new_launch_id, pilot_args, record_launch
+from . import (Connection, PilotEnd, ended_entry, job_env, launch_dir, lrt_command, new_launch_id,
+               pilot_args, pilot_walltime, record_launch)
+
+#: ``python -c WRAPPER EXIT_FILE ARGV...``: run ARGV, pass TERM/INT/HUP/USR1/USR2 on, and
+#: write {"exit": code, "signal": n} to EXIT_FILE (atomically) when it ends
+WRAPPER = r"""
+import json, os, signal, subprocess, sys
+out, argv = sys.argv[1], sys.argv[2:]
+try:
+    child = subprocess.Popen(argv)
+except OSError as exc:
+    res = {"exit": 127, "signal": None, "error": str(exc)}
+else:
+    def forward(sig, frame):
+        try:
+            child.send_signal(sig)
+        except OSError:
+            pass
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(s, forward)
+    rc = child.wait()
+    res = {"exit": rc if rc >= 0 else None, "signal": -rc if rc < 0 else None}
+with open(out + ".tmp", "w") as fh:
+    json.dump(res, fh)
+os.replace(out + ".tmp", out)
+sys.exit(res["exit"] if res["exit"] is not None else 128 + res["signal"])
+"""
 
 
 def _start_ticks(pid: int) -> Optional[int]:
@@ -46,20 +84,49 @@ def count_alive(procs: List[Any]) -> int:
     return n
 
 
+def process_states(record: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
+    """(running, {index: ended entry}) for a local launch record, read on its host.
+
+    An ended pilot is one whose process is gone: its exit file says how it
+    ended; a gone process without one (the wrapper itself was killed) is
+    counted failed with state ``LOST``.
+    """
+    procs = record.get("processes") or [{"pid": p} for p in record.get("pids") or []]
+    folder = Path(record.get("dir") or ".")
+    running = 0
+    ended: Dict[str, Any] = {}
+    for i, p in enumerate(procs):
+        if count_alive([p]):
+            running += 1
+            continue
+        name = p.get("exit_file") if isinstance(p, dict) else None
+        if not name:
+            continue  # launched before exit files existed: nothing to say
+        try:
+            res = json.loads((folder / name).read_text())
+        except FileNotFoundError:
+            ended[str(i)] = ended_entry(PilotEnd.FAILED, "LOST", None)
+            continue
+        except (OSError, ValueError):
+            continue
+        code, sig = res.get("exit"), res.get("signal")
+        end = PilotEnd.FINISHED if code == 0 and not sig else PilotEnd.FAILED
+        ended[str(i)] = ended_entry(end, "EXITED" if sig is None else "SIGNALED", code, sig)
+    return running, ended
+
+
 def launch(db: Any, conn: Connection, pilots: int, token_type: Optional[str], extra_args: Optional[str],
-           base_dir: Optional[str] = None, lrt: Optional[str] = None) -> Dict[str, Any]:
-    """Start ``pilots`` detached pilot processes and record them."""
+           base_dir: Optional[str] = None, lrt: Optional[str] = None,
+           env_names: Sequence[str] = ()) -> Dict[str, Any]:
+    """Start ``pilots`` detached pilot processes (each under :data:`WRAPPER`) and record them."""
     if pilots < 1:
         raise ConfigError("--pilots must be at least 1")
     db.info()  # the record must be writable: find out before starting anything
-    argv_tail = ["pilot"] + pilot_args(token_type, extra_args)
+    pargv = pilot_args(token_type, extra_args)
+    argv_tail = ["pilot"] + pargv
     cmd = lrt_command(lrt)
     argv = shlex.split(cmd["lrt"]) + argv_tail
-    env = dict(os.environ)
-    env.update(conn.public_env())
-    env.pop("LRT_COUCH_PASSWORD_FILE", None)
-    if conn.password:
-        env["LRT_COUCH_PASSWORD"] = conn.password
+    env = job_env(conn, "env", env_names)
     launch_id = new_launch_id("local")
     env["LRT_LAUNCH_ID"] = launch_id
     if cmd["pythonpath"]:
@@ -67,10 +134,39 @@ def launch(db: Any, conn: Connection, pilots: int, token_type: Optional[str], ex
     folder = launch_dir(launch_id, base_dir)
     procs: List[Dict[str, Any]] = []
     for i in range(pilots):
+        exit_file = f"pilot-{i}.exit"
+        wrapped = [sys.executable, "-c", WRAPPER, str(folder / exit_file)] + argv
         with open(folder / f"pilot-{i}.out", "wb") as log:
-            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            p = subprocess.Popen(wrapped, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  env=env, cwd=str(folder), start_new_session=True, close_fds=True)
-        procs.append({"pid": p.pid, "start": _start_ticks(p.pid)})
+        procs.append({"pid": p.pid, "start": _start_ticks(p.pid), "exit_file": exit_file})
     return record_launch(db, launch_id, "local", None, pilots, token_type, " ".join(argv),
                          dir=str(folder), pids=[p["pid"] for p in procs], processes=procs,
-                         argv=argv, options={"pilot_args": extra_args})
+                         argv=argv, walltime=pilot_walltime(None, pargv),
+                         options={"pilot_args": extra_args})
+
+
+def early_failures(record: Dict[str, Any], wait: float = 1.0) -> List[Dict[str, Any]]:
+    """Pilots of a fresh local launch that failed within ``wait`` seconds (a broken --lrt, a bad config).
+
+    Returns ``[{"index", "exit", "signal", "log", "tail"}]`` (``tail``: the last
+    line of the pilot's output); waits less when every pilot has ended.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        running, ended = process_states(record)
+        if running == 0 or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    out = []
+    for k, e in sorted(ended.items(), key=lambda kv: int(kv[0])):
+        if e["end"] != PilotEnd.FAILED.value:
+            continue
+        log = Path(record["dir"]) / f"pilot-{k}.out"
+        try:
+            lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            lines = []
+        out.append({"index": int(k), "exit": e.get("exit"), "signal": e.get("signal"), "log": str(log),
+                    "tail": lines[-1][:300] if lines else ""})
+    return out

@@ -18,12 +18,12 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ..errors import ConfigError, LrtError
-from . import (Connection, LaunchError, check_no_secret, common_variables, find_template, launch_dir,
-               launch_records, lrt_command, new_launch_id, password_file_for, pilot_args, q,
-               record_launch, render, submit_env)
+from . import (Connection, LaunchError, PilotEnd, check_no_secret, common_variables, ended_entry,
+               find_template, job_env_names, launch_dir, launch_records, lrt_command, new_launch_id,
+               password_file_for, pilot_args, pilot_walltime, q, record_launch, render, submit_env)
 
 TEMPLATE = "slurm.sh.tmpl"
 SQUEUE_TIMEOUT = 30.0
@@ -47,6 +47,7 @@ class SlurmOptions:
     base_dir: Optional[str] = None
     lrt: Optional[str] = None
     job_name: Optional[str] = None
+    env: List[str] = field(default_factory=list)   # more variable names for the job (--env)
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Rendered:
     sbatch_options: List[str]
     password_path: Optional[str]
     variables: Dict[str, str]
+    pilot_argv: List[str] = field(default_factory=list)
 
 
 def validate(opts: SlurmOptions) -> None:
@@ -102,7 +104,10 @@ def render_script(conn: Connection, opts: SlurmOptions, launch_id: Optional[str]
     variables["time_limit"] = q(opts.time or "")
     variables["partition"] = q(opts.partition or "")
     script = render(text, variables, source=str(tpl))
-    sb: List[str] = [f"--job-name={opts.job_name or 'lrt-pilot' + ('-' + opts.token_type if opts.token_type else '')}"]
+    # only what the pilot needs travels: sbatch's default (--export=ALL) would copy the whole
+    # submitting environment, secrets included, into the job and slurmctld's state files
+    sb: List[str] = [f"--export={','.join(job_env_names(conn, opts.credentials, opts.env))}",
+                     f"--job-name={opts.job_name or 'lrt-pilot' + ('-' + opts.token_type if opts.token_type else '')}"]
     array = f"0-{opts.pilots - 1}"
     if opts.throttle:
         array += f"%{opts.throttle}"
@@ -121,7 +126,7 @@ def render_script(conn: Connection, opts: SlurmOptions, launch_id: Optional[str]
     check_no_secret([script, " ".join(sb)], conn)
     if opts.credentials == "file":
         password_file_for(conn, opts.password_file, write=write)  # only now, after every check
-    return Rendered(launch_id, script, tpl, text, sb, pw_path, variables)
+    return Rendered(launch_id, script, tpl, text, sb, pw_path, variables, argv)
 
 
 def sbatch_argv(r: Rendered, folder: Path) -> List[str]:
@@ -156,7 +161,7 @@ def submit(db: Any, conn: Connection, opts: SlurmOptions, extra_record: Optional
                           f"check squeue)")
     record: Dict[str, Any] = {
         "dir": str(folder), "template": str(r.template_path), "credentials": opts.credentials,
-        "after": opts.after, "argv": argv,
+        "after": opts.after, "argv": argv, "walltime": pilot_walltime(opts.time, r.pilot_argv),
         "options": {"partition": opts.partition, "time": opts.time, "cpus": opts.cpus, "mem": opts.mem,
                     "throttle": opts.throttle, "pilot_args": opts.pilot_args},
     }
@@ -173,16 +178,29 @@ def submit(db: Any, conn: Connection, opts: SlurmOptions, extra_record: Optional
 # queue
 
 
-def queue_states(user: Optional[str] = None) -> Optional[List[Tuple[str, str, str]]]:
-    """``[(array_job_id, job_id, state), ...]`` for the user's jobs, or None if squeue is unusable.
+class JobRow(NamedTuple):
+    """One array element as ``squeue`` shows it."""
 
-    ``-r`` lists every array element on its own line, pending ones included, so
-    counts are per pilot.
+    array_id: str
+    task: str       # array index ("N/A" for a job that is not an array element)
+    job_id: str
+    state: str
+    status: Optional[int]   # raw wait status of an ended element (exit << 8 | signal), else None
+
+
+def queue_states(user: Optional[str] = None) -> Optional[List[JobRow]]:
+    """Every job of ``user`` (a name or comma-separated names; default: us) that slurmctld still
+    knows, ended ones included; None if squeue is unusable.
+
+    ``-r`` lists every array element on its own line, pending ones included,
+    so counts are per pilot; ``--states=all`` keeps elements that ended within
+    the last ``MinJobAge`` (default 300 s), with their exit status.
     """
     if shutil.which("squeue") is None:
         return None
     try:
-        res = subprocess.run(["squeue", "-h", "-r", "-u", user or getpass.getuser(), "-o", "%F|%i|%T"],
+        res = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-u", user or getpass.getuser(),
+                              "-O", "ArrayJobID:|,ArrayTaskID:|,JobID:|,State:|,exit_code:|"],
                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
                              timeout=SQUEUE_TIMEOUT, check=False)
     except (OSError, subprocess.SubprocessError):
@@ -191,27 +209,82 @@ def queue_states(user: Optional[str] = None) -> Optional[List[Tuple[str, str, st
         return None
     out = []
     for line in res.stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 3:
-            out.append((parts[0], parts[1], parts[2]))
+        parts = [p.strip() for p in line.strip().split("|")]
+        if len(parts) >= 5:
+            status = int(parts[4]) if parts[4].isdigit() else None
+            out.append(JobRow(parts[0], parts[1], parts[2], parts[3], status))
     return out
 
 
 _QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED", "STOPPED"}
 _RUNNING = {"RUNNING", "CONFIGURING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"}
+#: ended states; only COMPLETED (exit 0) is a pilot that finished well
+_ENDED = {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+          "DEADLINE", "PREEMPTED", "SPECIAL_EXIT", "REVOKED"}
 
 
-def count_states(states: List[Tuple[str, str, str]], batch_id: str) -> Tuple[int, int]:
+def _ended(state: str, exit_code: Optional[int], signal_no: Optional[int]) -> Dict[str, Any]:
+    ok = state == "COMPLETED" and not exit_code and not signal_no
+    return ended_entry(PilotEnd.FINISHED if ok else PilotEnd.FAILED, state, exit_code, signal_no)
+
+
+def count_states(states: List[JobRow], batch_id: str) -> Tuple[int, int]:
     """(queued, running) elements of array job ``batch_id``."""
-    queued = running = 0
-    for array_id, job_id, state in states:
-        if array_id != batch_id and job_id != batch_id:
-            continue
-        if state in _RUNNING:
-            running += 1
-        elif state in _QUEUED:
-            queued += 1
+    queued, running, _ = element_states(states, batch_id)
     return queued, running
+
+
+def element_states(states: List[JobRow], batch_id: str) -> Tuple[int, int, Dict[str, Any]]:
+    """(queued, running, {array index: ended entry}) for array job ``batch_id``."""
+    queued = running = 0
+    ended: Dict[str, Any] = {}
+    for row in states:
+        if row.array_id != batch_id and row.job_id != batch_id:
+            continue
+        if row.state in _RUNNING:
+            running += 1
+        elif row.state in _QUEUED:
+            queued += 1
+        elif row.state in _ENDED:
+            st = row.status or 0
+            key = row.task if row.task.isdigit() else "0"
+            ended[key] = _ended(row.state, st >> 8, st & 0x7F)
+    return queued, running, ended
+
+
+def parse_sacct(text: str, batch_id: str) -> Dict[str, Any]:
+    """``sacct -X -n -P -o JobID,State,ExitCode`` lines -> {array index: ended entry}.
+
+    JobID is ``<array id>_<index>`` (pending ranges ``_[2-5]`` are skipped),
+    State may carry a suffix (``CANCELLED by 1000``), ExitCode is ``exit:signal``.
+    """
+    out: Dict[str, Any] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 3:
+            continue
+        job, state, code = parts[0], (parts[1].split() or [""])[0], parts[2]
+        head, _, task = job.partition("_")
+        if head != batch_id or not task.isdigit() or state not in _ENDED:
+            continue
+        rc, _, sig = code.partition(":")
+        out[task] = _ended(state, int(rc) if rc.isdigit() else None, int(sig) if sig.isdigit() else None)
+    return out
+
+
+def accounted_ends(batch_id: str) -> Optional[Dict[str, Any]]:
+    """Ended elements of an array from Slurm accounting; None where ``sacct`` does not answer."""
+    if shutil.which("sacct") is None:
+        return None
+    try:
+        res = subprocess.run(["sacct", "-X", "-n", "-P", "-j", batch_id, "-o", "JobID,State,ExitCode"],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             timeout=SQUEUE_TIMEOUT, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if res.returncode != 0:   # e.g. "Slurm accounting storage is disabled"
+        return None
+    return parse_sacct(res.stdout, batch_id)
 
 
 # ---------------------------------------------------------------------------

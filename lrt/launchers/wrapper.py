@@ -19,21 +19,21 @@ TEMPLATE = "pilot.sh.tmpl"
 def render_wrapper(conn: Connection, launch_id: str, token_type: Optional[str], extra_args: Optional[str],
                    count: int, template: Optional[str], lrt: Optional[str], password_file: Optional[str],
                    write: bool = True, default_lrt: Optional[str] = None) -> Dict[str, object]:
-    """``{"text", "template_path", "template_text", "password_path", "variables"}``."""
+    """``{"text", "template_path", "template_text", "password_path", "variables", "pilot_argv"}``."""
     tpl = find_template(TEMPLATE, template)
     text = tpl.read_text()
     pw = password_file_for(conn, password_file, write=False)
     name = pw.name if pw else "lrt-password"
     cmd = lrt_command(lrt or default_lrt)
-    variables = common_variables(conn, launch_id, token_type, pilot_args(token_type, extra_args), cmd,
-                                 count, "")
+    argv = pilot_args(token_type, extra_args)
+    variables = common_variables(conn, launch_id, token_type, argv, cmd, count, "")
     variables["password_name"] = q(name)
     out = render(text, variables, source=str(tpl))
     check_no_secret([out], conn)
     if write:
         password_file_for(conn, password_file, write=True)
     return {"text": out, "template_path": tpl, "template_text": text,
-            "password_path": str(pw) if pw else None, "variables": variables}
+            "password_path": str(pw) if pw else None, "variables": variables, "pilot_argv": argv}
 
 
 def plain(value: str, what: str) -> str:
