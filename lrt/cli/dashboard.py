@@ -77,5 +77,9 @@ def cmd_dashboard(ctx) -> int:
           f"{'actions allowed' if a.allow_actions else 'read-only'}; Ctrl-C stops)", flush=True)
     config = uvicorn.Config(app, host=a.bind, port=a.port, log_level="warning", access_log=False,
                             lifespan="off", server_header=False)
-    uvicorn.Server(config).run()
+    try:
+        uvicorn.Server(config).run()  # shuts down gracefully on SIGINT/SIGTERM
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: the normal way to stop
+        pass
+    print("lrt dashboard: stopped", flush=True)
     return 0

@@ -121,7 +121,7 @@ class _Headers:
                 names = {k.lower() for k, _ in h}
                 if b"content-security-policy" not in names:
                     h.append((b"content-security-policy", CSP.encode()))
-                h += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                h += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
                       (b"x-frame-options", b"DENY"), (b"cache-control", b"no-store")]
                 if cookie:
                     h.append((b"set-cookie", f"{CSRF_COOKIE}={cookie}; Path=/; HttpOnly; "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import urllib.parse
 from typing import Any, Dict, List, Optional
 
 from starlette.concurrency import run_in_threadpool
@@ -256,9 +257,9 @@ def routes(web: WebContext) -> List[BaseRoute]:
             return error_page(web, request, 403, "this dashboard is read-only: actions are refused "
                               "(start it with --allow-actions)")
         origin = request.headers.get("origin")
-        if origin and origin != f"{request.url.scheme}://{request.url.netloc}":
+        if origin and origin != "null" and origin != f"{request.url.scheme}://{request.url.netloc}":
             return error_page(web, request, 403, "cross-origin request refused")
-        form = await request.form()
+        form = await _form(request)
         if not web.csrf_ok(request, str(form.get("csrf") or "")):
             return error_page(web, request, 403, "missing or wrong CSRF token: reload the page and confirm again")
         g = _group_args(form)
@@ -297,6 +298,20 @@ def routes(web: WebContext) -> List[BaseRoute]:
         Route("/actions/run", run_action, methods=["POST"], name="run_action"),
         Route("/favicon.ico", lambda request: Response(status_code=204)),
     ]
+
+
+async def _form(request: Request, max_bytes: int = 65536) -> Dict[str, str]:
+    """An urlencoded form body (the only kind the pages send), at most ``max_bytes``."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":
+        raise actions.ActionRefused("expected a form (application/x-www-form-urlencoded)")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise actions.ActionRefused("form too large")
+    return {k: v[0] for k, v in urllib.parse.parse_qs(body.decode("utf-8", "replace"),
+                                                        keep_blank_values=True).items()}
 
 
 def _dumps(v: Any) -> str:
