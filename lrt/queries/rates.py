@@ -1,8 +1,8 @@
 """Throughput: finished tokens per minute, and the ETA it implies.
 
-One reduce query over the ``lrt-web/finished`` view (key ``[minute, state,
-type]``, ``_count``) for a window of minutes: the cost depends on the window
-(rows = minutes x states x types), not on the number of tokens.
+Two reduce queries (done, failed) over the ``lrt-web/finished`` view (key
+``[outcome, type or null, minute]``, ``_count``, ``group_level=3``) for a
+window of minutes: one row per minute, over a contiguous key range.
 """
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from typing import Any, Dict, List, Optional
 from ..couch import Database, NotFound
 from .tokens import WEB_DDOC, need_views
 
-#: states counted as "done" and as "failed" in the plot
-DONE_STATES = ("done",)
-FAILED_STATES = ("error", "failed")
+#: the outcomes the view counts (done; failed = states error and failed)
+OUTCOMES = ("done", "failed")
 
 
 @dataclass
@@ -25,18 +24,17 @@ class Rates:
     minutes: List[int] = field(default_factory=list)  #: minute numbers (Unix time // 60)
     done: List[int] = field(default_factory=list)
     failed: List[int] = field(default_factory=list)
-    cancelled: List[int] = field(default_factory=list)
     now: float = 0.0
 
     def per_minute(self, last: int = 15) -> float:
-        """Tokens finished (any outcome) per minute over the last ``last`` full minutes."""
+        """Tokens finished (done or failed) per minute over the last ``last`` full minutes."""
         if not self.minutes:
             return 0.0
         n = min(last, len(self.minutes) - 1)
         if n <= 0:
             return 0.0
         lo = len(self.minutes) - 1 - n  # the current (partial) minute is left out
-        tot = sum(self.done[lo:-1]) + sum(self.failed[lo:-1]) + sum(self.cancelled[lo:-1])
+        tot = sum(self.done[lo:-1]) + sum(self.failed[lo:-1])
         return tot / n
 
     def eta(self, remaining: int, last: int = 15) -> Optional[float]:
@@ -47,38 +45,28 @@ class Rates:
         return None if r <= 0 else remaining / r * 60.0
 
     def to_json(self) -> Dict[str, Any]:
-        return {"minutes": self.minutes, "done": self.done, "failed": self.failed,
-                "cancelled": self.cancelled, "now": self.now}
+        return {"minutes": self.minutes, "done": self.done, "failed": self.failed, "now": self.now}
 
 
 def finished_per_minute(db: Database, window_minutes: int = 180, type: Optional[str] = None,
                         now: Optional[float] = None) -> Rates:
-    """Done/failed/cancelled per minute for the last ``window_minutes`` minutes."""
+    """Done and failed per minute for the last ``window_minutes`` minutes (all types, or one)."""
     t = db.server.now() if now is None else now
     last = int(t // 60)
     first = last - window_minutes + 1
-    try:
-        rows = db.view(WEB_DDOC, "finished", group_level=3, startkey=[first],
-                       endkey=[last, {}]).get("rows", [])
-    except NotFound:
-        raise need_views(db) from None
     out = Rates(minutes=list(range(first, last + 1)), now=t)
-    out.done = [0] * window_minutes
-    out.failed = [0] * window_minutes
-    out.cancelled = [0] * window_minutes
-    for r in rows:
-        minute, state, ttype = r["key"][:3]
-        if type is not None and ttype != type:
-            continue
-        i = int(minute) - first
-        if not 0 <= i < window_minutes:
-            continue
-        if state in DONE_STATES:
-            out.done[i] += int(r["value"])
-        elif state in FAILED_STATES:
-            out.failed[i] += int(r["value"])
-        else:
-            out.cancelled[i] += int(r["value"])
+    for outcome in OUTCOMES:
+        counts = [0] * window_minutes
+        try:
+            rows = db.view(WEB_DDOC, "finished", group_level=3, startkey=[outcome, type, first],
+                           endkey=[outcome, type, last]).get("rows", [])
+        except NotFound:
+            raise need_views(db) from None
+        for r in rows:
+            i = int(r["key"][2]) - first
+            if 0 <= i < window_minutes:
+                counts[i] += int(r["value"])
+        setattr(out, outcome, counts)
     return out
 
 

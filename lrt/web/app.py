@@ -14,6 +14,7 @@ import hmac
 import logging
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -59,6 +60,7 @@ class WebContext:
         self.cache = QueryCache(ttl=refresh if cache_ttl is None else cache_ttl)
         #: a database client acting as the user who confirms an action
         self.make_user_db = make_user_db
+        self._pool: Optional[ThreadPoolExecutor] = None
         self.secret = secrets.token_bytes(32)
         self.db_name = make_db().name
         self.templates = Environment(loader=FileSystemLoader(str(HERE / "templates")),
@@ -81,6 +83,15 @@ class WebContext:
 
     def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
         return self.cache.get(key, compute)
+
+    def gather(self, *fns: Callable[[], Any]) -> List[Any]:
+        """Run independent reads at the same time (a page's latency is its slowest
+        query, not their sum); results in order, the first error raised."""
+        if self._pool is None:
+            with self._dbs_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="lrt-web")
+        return [f.result() for f in [self._pool.submit(fn) for fn in fns]]
 
     # -- CSRF: a random cookie per browser, the form carries its HMAC -----------------
     def csrf_token(self, request: Request) -> str:

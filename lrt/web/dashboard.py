@@ -125,16 +125,18 @@ def routes(web: WebContext) -> List[BaseRoute]:
     # -- pages ----------------------------------------------------------------------
     def overview(request: Request) -> Response:
         ttype = _opt(request, "type")
-        st = status_of(ttype)
-        r = web.cached(("rates", ttype), lambda: rates.finished_per_minute(web.db, PLOT_MINUTES, ttype))
+        st, ts, r, staging, lc, la = web.gather(
+            lambda: status_of(ttype), lambda: tokensets(ttype),
+            lambda: web.cached(("rates", ttype), lambda: rates.finished_per_minute(web.db, PLOT_MINUTES, ttype)),
+            lambda: web.cached(("staging", ttype), lambda: tokens.page(
+                web.db, tokens.TokenFilter(state="staging", type=ttype), 10)),
+            lambda: web.cached(("lease_counts",), lambda: pilots.lease_counts(web.db)),
+            lambda: launches(ttype))
         left = rates.remaining(st["states"])
-        staging = web.cached(("staging", ttype), lambda: tokens.page(
-            web.db, tokens.TokenFilter(state="staging", type=ttype), 10))
-        lc = web.cached(("lease_counts",), lambda: pilots.lease_counts(web.db))
         plot = {"x": [m * 60 for m in r.minutes], "done": r.done, "failed": r.failed}
-        return page(request, "overview", type=ttype, st=st, tokensets=tokensets(ttype), rates=r,
+        return page(request, "overview", type=ttype, st=st, tokensets=ts, rates=r,
                     remaining=left, eta=rates.format_eta(r.eta(left)), per_minute=r.per_minute(),
-                    staging=staging, launches=launches(ttype), lease_counts=lc, plot=plot,
+                    staging=staging, launches=la, lease_counts=lc, plot=plot,
                     done_last=sum(r.done[-61:-1]), failed_last=sum(r.failed[-61:-1]))
 
     def failures_page(request: Request) -> Response:
@@ -176,13 +178,13 @@ def routes(web: WebContext) -> List[BaseRoute]:
                                  code=_code(_opt(request, "code")) if _opt(request, "code") else None)
         cursor = _opt(request, "cursor")
         key = ("tokens", flt.state, flt.type, flt.tokenset, flt.code, cursor, limit)
-        pg = web.cached(key, lambda: tokens.page(web.db, flt, limit, cursor))
+        pg, st, ts, gs = web.gather(lambda: web.cached(key, lambda: tokens.page(web.db, flt, limit, cursor)),
+                                    lambda: status_of(None), lambda: tokensets(None), lambda: groups(None))
         base = {k: v for k, v in (("state", flt.state), ("type", flt.type), ("tokenset", flt.tokenset),
                                   ("code", None if flt.code is None else str(flt.code)),
                                   ("limit", str(limit) if limit != PAGE_SIZE else None)) if v is not None}
         return page(request, "tokens", flt=flt, pg=pg, base=base, cursor=cursor,
-                    types=sorted(status_of(None)["types"]), tokensets=sorted(tokensets(None)),
-                    error_codes=[c.code for c in groups(None)])
+                    types=sorted(st["types"]), tokensets=sorted(ts), error_codes=[c.code for c in gs])
 
     def token_page(request: Request) -> Response:
         doc_id = _opt(request, "id")
@@ -224,11 +226,11 @@ def routes(web: WebContext) -> List[BaseRoute]:
     def pilots_page(request: Request) -> Response:
         cursor = _opt(request, "cursor")
         start = tokens.decode_cursor(cursor)[1] if cursor else None
-        lc = web.cached(("lease_counts",), lambda: pilots.lease_counts(web.db))
-        lp = web.cached(("leases", cursor), lambda: pilots.leases(web.db, 200, start))
+        lc, lp, la = web.gather(lambda: web.cached(("lease_counts",), lambda: pilots.lease_counts(web.db)),
+                                lambda: web.cached(("leases", cursor), lambda: pilots.leases(web.db, 200, start)),
+                                lambda: launches(None))
         nxt = tokens.encode_cursor(0, lp["next"]) if lp["next"] is not None else None
-        return page(request, "pilots", lease_counts=lc, leases=lp, next=nxt, cursor=cursor,
-                    launches=launches(None))
+        return page(request, "pilots", lease_counts=lc, leases=lp, next=nxt, cursor=cursor, launches=la)
 
     def status_api(request: Request) -> Response:
         """``lrt status --json`` (without pilots) over HTTP, from the same cache."""

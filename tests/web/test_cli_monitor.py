@@ -75,3 +75,8 @@ def test_status_watch_redraws_until_ctrl_c(couch, pool_db):
     assert couch.password not in text + out + err
     r = _run(couch, pool_db.name, "status", "--watch", "--interval", "0")
     assert r.returncode == 2 and "--interval" in r.stderr
+
+
+def test_dashboard_binds_loopback_only(couch, pool_db):
+    r = _run(couch, pool_db.name, "dashboard", "--bind", "0.0.0.0")
+    assert r.returncode == 2 and "loopback" in r.stderr and "ssh -L" in r.stderr
