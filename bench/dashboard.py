@@ -181,7 +181,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     t0 = time.perf_counter()
                     populate(db, n, now)
                     print(f"N={n}: {n} tokens written in {time.perf_counter() - t0:.1f} s")
-                design.install(db)  # a kept database gets the current views                t0 = time.perf_counter()
+                design.install(db)  # a kept database gets the current views
+                t0 = time.perf_counter()
                 for ddoc, view in (("lrt", "tokens"), ("lrt-claim", "todo"), ("lrt-web", "list"),
                                    ("lrt-web", "finished"), ("lrt-web", "errors"), ("lrt-web", "leases")):
                     db.view(ddoc, view, limit=1)

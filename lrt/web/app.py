@@ -62,7 +62,9 @@ class WebContext:
         self.make_user_db = make_user_db
         self._pool: Optional[ThreadPoolExecutor] = None
         self.secret = secrets.token_bytes(32)
-        self.db_name = make_db().name
+        probe = make_db()
+        self.db_name = probe.name
+        probe.server.close()
         self.templates = Environment(loader=FileSystemLoader(str(HERE / "templates")),
                                      autoescape=select_autoescape(["html"], default=True),
                                      trim_blocks=True, lstrip_blocks=True)
@@ -152,7 +154,8 @@ def _header(scope: Any, name: bytes) -> str:
 
 def error_page(web: WebContext, request: Request, status: int, message: str) -> HTMLResponse:
     """An error as a page (or as the refreshed fragment), its text escaped."""
-    return web.render(request, "error.html", status_code=status, status=status, message=message)
+    name = "error_live.html" if request.headers.get("HX-Request") == "true" else "error.html"
+    return web.render(request, name, status_code=status, status=status, message=message)
 
 
 def create_app(web: WebContext, route_lists: Sequence[RouteList] = (),
