@@ -23,7 +23,6 @@ Starts its own local server in a temporary folder unless LRT_COUCH_URL is set
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys

@@ -77,7 +77,7 @@ def remaining(states: Dict[str, int]) -> int:
 
 def format_eta(seconds: Optional[float]) -> str:
     if seconds is None:
-        return "unknown (nothing finished recently)"
+        return "unknown"  # nothing finished in the window
     if seconds <= 0:
         return "done"
     s = int(math.ceil(seconds))

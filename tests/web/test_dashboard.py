@@ -3,7 +3,6 @@ the suite's server, with tokens run by real pilots and a real `lrt dashboard` pr
 from __future__ import annotations
 
 import re
-import shutil
 import urllib.parse
 from pathlib import Path
 
@@ -170,7 +169,7 @@ def test_read_only_refuses_actions_and_shows_no_password(dash, pool_db, couch, p
     assert requests.get(dash.url + "/", headers={"Host": "evil.example"}, timeout=30).status_code == 400
     # no credential in any page, fragment, error or the dashboard's own output
     paths = ["/", "/failures", "/failures?code=60", "/tokens", "/tokens?state=nope", "/pilots",
-             "/token?id=boom_00", "/token?id=missing", f"/token/attachment?id=boom_00&name=stdout.log",
+             "/token?id=boom_00", "/token?id=missing", "/token/attachment?id=boom_00&name=stdout.log",
              "/api/status", "/actions/confirm?action=reset&code=60"]
     for path in paths:
         for hdrs in ({}, {"HX-Request": "true"}):
