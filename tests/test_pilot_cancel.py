@@ -74,6 +74,8 @@ def test_cancel_too_late_to_stop_the_payload_is_kept_in_the_history(db, couch, t
     assert doc["state"] == "done" and doc["log_tail"]["stdout"] == "finished\n"
     assert doc["cancel_requested"] is False
     assert doc["history"][-1]["late_request"] == "cancel"
+    shown = cli(lrt_cmd, env, "show", "late")
+    assert shown.returncode == 0 and "cancel requested too late to stop it" in shown.stdout, shown.stdout
 
 
 def test_release_request_stops_the_payload_and_requeues_uncounted(db, couch, tmp_path, lrt_cmd):

@@ -219,7 +219,7 @@ def cmd_cancel(ctx: Any) -> int:
         ans = client.cancel(doc_id, by="lrt cancel")
         if ans.ok and ans.body.get("cancel_requested"):
             counts["requested"] += 1
-            ctx.out(f"{doc_id}: running; its pilot will stop it")
+            ctx.out(f"{doc_id}: running; its pilot will stop it (within its --cancel-check, 20 s by default)")
         elif ans.ok:
             counts["cancelled"] += 1
             ctx.out(f"{doc_id}: cancelled")

@@ -317,7 +317,8 @@ def format_token(doc: Dict[str, Any]) -> str:
             add(f"  #{h.get('attempt')}  {h.get('end') or '-'} -> {h.get('state')}  "
                 f"exit {h.get('exit_code')}  {e.get('name') or '-'}  pilot {h.get('pilot')} on "
                 f"{h.get('host')}  job {_job(h.get('batch_job'))}  claimed {_ts(h.get('claimed'))}  "
-                f"finished {_ts(h.get('finished'))}")
+                f"finished {_ts(h.get('finished'))}"
+                + (f"  ({h['late_request']} requested too late to stop it)" if h.get("late_request") else ""))
     atts = doc.get("_attachments") or {}
     if atts:
         add("attachments: " + ", ".join(f"{k} ({v.get('length', '?')} bytes)" for k, v in atts.items()))
