@@ -11,6 +11,8 @@ from lrt.errors import ConfigError, LrtError, TransitionError
 from lrt.states import State
 from lrt.tokens import Token, TokenList, TokenSet, status_counts
 
+from pilot_helpers import poll
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: every field of token schema v1 (COMMON brief / docs/tokens.md)
@@ -62,7 +64,9 @@ def test_lofar_tokens_have_schema_and_attachment(db):
 def test_creation_is_idempotent(db):
     ts = TokenSet.from_config(ROOT / "configs/sweep_example.yaml")
     assert ts.create(db).created == 12
-    revs = {r["id"]: r["value"]["rev"] for r in token_docs(db)}
+    # _all_docs on a cluster is read from one copy of each shard: wait until it shows all 12
+    revs = poll(lambda: (lambda d: d if len(d) == 12 else None)(
+        {r["id"]: r["value"]["rev"] for r in token_docs(db)}), what="the 12 tokens in _all_docs")
     again = TokenSet.from_config(ROOT / "configs/sweep_example.yaml").create(db, batch_size=5)
     assert (again.created, again.present, again.failed) == (0, 12, 0)
     assert {r["id"]: r["value"]["rev"] for r in token_docs(db)} == revs
@@ -181,6 +185,8 @@ def test_bulk_change_skips_tokens_changed_meanwhile(db, tmp_path):
         states.apply(doc, "cancelled")
         db.put(doc)
     tl = TokenList(db, "cancelled", "sw")
+    # a view on a cluster is read from one copy of each shard: wait until it shows the writes
+    poll(lambda: len(list(tl.rows())) == 5, what="the five cancelled tokens in the view")
 
     def change(tok: Token):
         if tok.id == "sw_000002":  # a pilot (here: another writer) changes it under us
