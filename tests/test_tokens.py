@@ -149,8 +149,9 @@ def test_views_count_mixed_states_and_bulk_changes(db, tmp_path):
         states.apply(doc, dst, fields={"exit_code": 0 if dst == "done" else 1,
                                        "attempts": 1} if dst == "error" else {"attempts": 1})
         db.put(doc)
-    assert status_counts(db) == {"sw": {"todo": 20, "done": 6, "error": 4},
-                                 "lofar_calib": {"staging": 4}}
+    # views on a cluster are read from one copy of each shard: wait for the writes to show
+    poll(lambda: status_counts(db) == {"sw": {"todo": 20, "done": 6, "error": 4},
+                                       "lofar_calib": {"staging": 4}}, what="the counts after the writes")
     assert TokenList(db, "error", "sw").count() == 4
     assert list(TokenList(db, "done").ids()) == [f"sw_{i:06d}" for i in range(6)]
 
@@ -163,7 +164,7 @@ def test_views_count_mixed_states_and_bulk_changes(db, tmp_path):
     # a reset of todo tokens is an illegal transition: refused before any write
     with pytest.raises(TransitionError):
         TokenList(db, "todo", "sw").reset()
-    assert status_counts(db)["sw"] == {"todo": 24, "done": 6}
+    poll(lambda: status_counts(db)["sw"] == {"todo": 24, "done": 6}, what="the counts after the reset")
 
     # update keeps attachments (stubs are written back) and never touches state
     assert TokenList(db, "staging", "lofar_calib").update({"priority": 99}).changed == 4
@@ -175,7 +176,8 @@ def test_views_count_mixed_states_and_bulk_changes(db, tmp_path):
 
     # delete
     res = TokenList(db, "done", "sw").delete()
-    assert res.changed == 6 and status_counts(db)["sw"] == {"todo": 24}
+    assert res.changed == 6
+    poll(lambda: status_counts(db)["sw"] == {"todo": 24}, what="the counts after the delete")
 
 
 def test_bulk_change_skips_tokens_changed_meanwhile(db, tmp_path):
