@@ -107,7 +107,7 @@ def live(db, doc_id):
     return [d for d in db.leaves(doc_id, all_copies=True) if not d.get("_deleted")]
 
 
-def test_a_201_claim_costs_no_extra_request(db, couch):
+def test_a_201_claim_costs_no_extra_request(db):
     make_tokens(db, [token("t", ["true"])])
     c = TokenClient(db, pilot="p1")
     doc = db.get("t", conflicts=True)
@@ -186,7 +186,7 @@ def test_when_every_claim_yields_the_one_choose_leaf_keeps_runs(db, couch, proxy
     assert [d["lease"]["claim"] for d in live(db, "t")] == [got.claim]
 
 
-def test_resolver_leaves_live_locks_alone_and_is_idempotent(db, couch, lrt_cmd):
+def test_resolver_leaves_live_locks_alone_and_is_idempotent(db):
     from lrt.cli.tokens import format_status, status_json
 
     make_tokens(db, [token("live", ["true"]), token("dead", ["true"]), token("fin", ["true"])])
@@ -205,8 +205,8 @@ def test_resolver_leaves_live_locks_alone_and_is_idempotent(db, couch, lrt_cmd):
     assert st["conflicted"] == 3 and "3 document(s) with conflicting revisions" in format_status(st)
 
     # someone else (a pilot that yielded) already deleted one losing leaf of "dead"
-    dead_a = [d for d in live(db, "dead") if d["lease"]["claim"] == "b"][0]
-    db.bulk_docs([{"_id": "dead", "_rev": dead_a["_rev"], "_deleted": True}])
+    dead_b = [d for d in live(db, "dead") if d["lease"]["claim"] == "b"][0]
+    db.bulk_docs([{"_id": "dead", "_rev": dead_b["_rev"], "_deleted": True}])
     reps = {r["id"]: r for r in resolve_conflicts(db, ids)}
     assert set(reps) == {"fin"}  # dead has one live leaf now; live has live leases: left alone
     assert reps["fin"]["state"] == "done" and "failed" not in reps["fin"]
