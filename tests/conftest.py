@@ -32,6 +32,9 @@ from lrt.server import LocalServer
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = secrets.token_hex(3)
+#: the suite's own settings (an external server's admin password), read once and removed from
+#: the environment: no process a test starts (pilot, CLI, batch job, payload) inherits them
+TEST_ENV = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("LRT_TEST_COUCH_")}
 
 
 class CouchInfo:
@@ -61,7 +64,7 @@ class CouchInfo:
     def env(self, db: str, url: "str | None" = None) -> Dict[str, str]:
         """Environment for a subprocess (CLI, pilot) pointed at database ``db``
         (on node ``url``).  The suite's own settings (``LRT_TEST_COUCH_*``, which hold
-        the admin password of an external server) are not passed on."""
+        the admin password of an external server) are not passed on (see TEST_ENV)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("LRT_TEST_COUCH_")}
         env.update({"LRT_COUCH_URL": url or self.url, "LRT_COUCH_USER": self.user,
                     "LRT_COUCH_PASSWORD": self.password, "LRT_COUCH_DB": db,
@@ -71,11 +74,11 @@ class CouchInfo:
 
 @pytest.fixture(scope="session")
 def couch(tmp_path_factory) -> Iterator[CouchInfo]:
-    url = os.environ.get("LRT_TEST_COUCH_URL")
+    url = TEST_ENV.get("LRT_TEST_COUCH_URL")
     if url:
-        nodes = [u.strip() for u in os.environ.get("LRT_TEST_COUCH_NODES", "").split(",") if u.strip()]
-        yield CouchInfo(url, os.environ.get("LRT_TEST_COUCH_USER", ""),
-                        os.environ.get("LRT_TEST_COUCH_PASSWORD", ""), None, nodes)
+        nodes = [u.strip() for u in TEST_ENV.get("LRT_TEST_COUCH_NODES", "").split(",") if u.strip()]
+        yield CouchInfo(url, TEST_ENV.get("LRT_TEST_COUCH_USER", ""),
+                        TEST_ENV.get("LRT_TEST_COUCH_PASSWORD", ""), None, nodes)
         return
     base = tmp_path_factory.mktemp("couch")
     from lrt.server import free_port

@@ -11,6 +11,8 @@ from lrt.errors import ConfigError, LrtError, TransitionError
 from lrt.states import State
 from lrt.tokens import Token, TokenList, TokenSet, status_counts
 
+from pilot_helpers import poll
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: every field of token schema v1 (COMMON brief / docs/tokens.md)
@@ -62,7 +64,9 @@ def test_lofar_tokens_have_schema_and_attachment(db):
 def test_creation_is_idempotent(db):
     ts = TokenSet.from_config(ROOT / "configs/sweep_example.yaml")
     assert ts.create(db).created == 12
-    revs = {r["id"]: r["value"]["rev"] for r in token_docs(db)}
+    # _all_docs on a cluster is read from one copy of each shard: wait until it shows all 12
+    revs = poll(lambda: (lambda d: d if len(d) == 12 else None)(
+        {r["id"]: r["value"]["rev"] for r in token_docs(db)}), what="the 12 tokens in _all_docs")
     again = TokenSet.from_config(ROOT / "configs/sweep_example.yaml").create(db, batch_size=5)
     assert (again.created, again.present, again.failed) == (0, 12, 0)
     assert {r["id"]: r["value"]["rev"] for r in token_docs(db)} == revs
@@ -145,8 +149,9 @@ def test_views_count_mixed_states_and_bulk_changes(db, tmp_path):
         states.apply(doc, dst, fields={"exit_code": 0 if dst == "done" else 1,
                                        "attempts": 1} if dst == "error" else {"attempts": 1})
         db.put(doc)
-    assert status_counts(db) == {"sw": {"todo": 20, "done": 6, "error": 4},
-                                 "lofar_calib": {"staging": 4}}
+    # views on a cluster are read from one copy of each shard: wait for the writes to show
+    poll(lambda: status_counts(db) == {"sw": {"todo": 20, "done": 6, "error": 4},
+                                       "lofar_calib": {"staging": 4}}, what="the counts after the writes")
     assert TokenList(db, "error", "sw").count() == 4
     assert list(TokenList(db, "done").ids()) == [f"sw_{i:06d}" for i in range(6)]
 
@@ -159,7 +164,7 @@ def test_views_count_mixed_states_and_bulk_changes(db, tmp_path):
     # a reset of todo tokens is an illegal transition: refused before any write
     with pytest.raises(TransitionError):
         TokenList(db, "todo", "sw").reset()
-    assert status_counts(db)["sw"] == {"todo": 24, "done": 6}
+    poll(lambda: status_counts(db)["sw"] == {"todo": 24, "done": 6}, what="the counts after the reset")
 
     # update keeps attachments (stubs are written back) and never touches state
     assert TokenList(db, "staging", "lofar_calib").update({"priority": 99}).changed == 4
@@ -171,7 +176,8 @@ def test_views_count_mixed_states_and_bulk_changes(db, tmp_path):
 
     # delete
     res = TokenList(db, "done", "sw").delete()
-    assert res.changed == 6 and status_counts(db)["sw"] == {"todo": 24}
+    assert res.changed == 6
+    poll(lambda: status_counts(db)["sw"] == {"todo": 24}, what="the counts after the delete")
 
 
 def test_bulk_change_skips_tokens_changed_meanwhile(db, tmp_path):
@@ -181,6 +187,8 @@ def test_bulk_change_skips_tokens_changed_meanwhile(db, tmp_path):
         states.apply(doc, "cancelled")
         db.put(doc)
     tl = TokenList(db, "cancelled", "sw")
+    # a view on a cluster is read from one copy of each shard: wait until it shows the writes
+    poll(lambda: len(list(tl.rows())) == 5, what="the five cancelled tokens in the view")
 
     def change(tok: Token):
         if tok.id == "sw_000002":  # a pilot (here: another writer) changes it under us
