@@ -214,14 +214,14 @@ def test_child_created_after_its_parents_finished(couch, db, tmp_path):
 
 
 def test_pilot_killed_between_finish_and_release(couch, db, tmp_path, lrt_cmd):
-    """The test hook LRT_TEST_EXIT_AFTER_FINISH makes the pilot exit right after the
-    finish write; the children stay waiting until a sweep (lrt reap, an idle pilot)."""
+    """The test hook LRT_TEST_EXIT_AFTER_FINISH makes the pilot SIGKILL itself right after
+    the finish write; the children stay waiting until a sweep (lrt reap, an idle pilot)."""
     log = tmp_path / "log"
     create(db, _cfg("p", "p", log, sweep="sweep: {n: [0, 1]}"), tmp_path)
     create(db, _cfg("c", "c", log, "after: {id: 'p_{n}'}\n", sweep="sweep: {n: [0, 1]}"), tmp_path)
     # --max-tokens 1: no next token claimed along with the finish (it would stay locked)
     r = run_pilot(couch, db, "--type", "p", "--max-tokens", "1", env={"LRT_TEST_EXIT_AFTER_FINISH": "1"})
-    assert r.returncode == 97, r.stderr[-2000:]
+    assert r.returncode == -9, r.stderr[-2000:]
     done = [i for i in range(2) if st(db, f"p_{i}") == "done"]
     assert len(done) == 1
     k = done[0]
@@ -234,7 +234,7 @@ def test_pilot_killed_between_finish_and_release(couch, db, tmp_path, lrt_cmd):
     assert st(db, f"c_{1 - k}") == "waiting"  # its parent never ran
     # lrt reap completes a release as well
     assert run_pilot(couch, db, "--type", "p", "--max-tokens", "1",
-                     env={"LRT_TEST_EXIT_AFTER_FINISH": "1"}).returncode == 97
+                     env={"LRT_TEST_EXIT_AFTER_FINISH": "1"}).returncode == -9
     assert st(db, f"c_{1 - k}") == "waiting"
     out = subprocess.run(lrt_cmd + ["reap"], capture_output=True, text=True, env=e, cwd=str(ROOT))
     assert out.returncode == 0, out.stderr

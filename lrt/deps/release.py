@@ -31,6 +31,7 @@ import fnmatch
 import logging
 import os
 import random
+import signal
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -47,7 +48,7 @@ JSON = Dict[str, Any]
 
 #: the design document of the dependency views (lrt/views/lrt-deps)
 DEPS_DDOC = "lrt-deps"
-#: tests only: a pilot exits (status 97) right after a finish write, before releasing
+#: tests only: a pilot SIGKILLs itself right after a finish write, before releasing
 #: the children -- the crash window the sweep must cover (tests/test_deps.py)
 TEST_EXIT_ENV = "LRT_TEST_EXIT_AFTER_FINISH"
 
@@ -354,7 +355,7 @@ def after_finish(db: Database, parent: JSON) -> None:
     Never raises: a failure here only delays the children until a sweep.
     """
     if os.environ.get(TEST_EXIT_ENV):
-        os._exit(97)  # tests only (TEST_EXIT_ENV): die between the finish and the release
+        os.kill(os.getpid(), signal.SIGKILL)  # tests only (TEST_EXIT_ENV): die before the release
     if parent.get("state") not in ENDED:
         return  # back to todo for a retry: its children go on waiting
     try:
