@@ -283,8 +283,12 @@ def test_failed_parent_blocks_ok_children_and_releases_any_and_notok(couch, db, 
     for on in ("ok", "any", "notok"):
         create(db, _cfg(f"k{on}", f"k{on}", log, f"after: {{id: 'fp_{{n}}', on: {on}}}\n",
                         sweep="sweep: {n: [0, 1]}"), tmp_path)
+    create(db, _cfg("g", "g", log, "after: {id: 'kok_{n}'}\n", sweep="sweep: {n: [0, 1]}"), tmp_path)
     r = run_pilot(couch, db, "--type", "fp")
     assert r.returncode == 0, r.stderr[-2000:]
+    # blocked down the chain at once: g_1 waits for kok_1, which can never run
+    assert db.get("g_1")["blocked_by"] == {"id": "kok_1", "state": "blocked", "on": "ok"}
+    assert st(db, "g_0") == "waiting"
     assert st(db, "fp_0") == "done" and st(db, "fp_1") == "error"
     assert st(db, "kok_0") == "todo" and st(db, "kok_1") == "blocked"
     assert db.get("kok_1")["blocked_by"] == {"id": "fp_1", "state": "error", "on": "ok"}
@@ -303,6 +307,7 @@ def test_failed_parent_blocks_ok_children_and_releases_any_and_notok(couch, db, 
                          text=True, env=e, cwd=str(ROOT))
     assert out.returncode == 0, out.stderr
     assert st(db, "fp_1") == "todo" and st(db, "kok_1") == "waiting" and st(db, "kany_1") == "waiting"
+    assert st(db, "g_1") == "waiting"
     assert db.get("kok_1")["blocked_by"] is None
 
 

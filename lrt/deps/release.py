@@ -218,7 +218,7 @@ def parent_inputs(db: Database, child: JSON, cache: Optional[Cache] = None) -> L
 
 
 def release_one(db: Database, child_id: str, doc: Optional[JSON] = None,
-                cache: Optional[Cache] = None, tries: int = 20) -> Outcome:
+                cache: Optional[Cache] = None, tries: int = 20, depth: int = 0) -> Outcome:
     """Decide ``child_id`` on its current revision and write the result (idempotent).
 
     ``doc`` is a copy read just now (saves a read); after a 409 the child is
@@ -264,6 +264,10 @@ def release_one(db: Database, child_id: str, doc: Optional[JSON] = None,
         if child_id in res.ok:
             log.info("token %s %s (%s)", child_id, outcome.value,
                      "dependencies met" if outcome is Outcome.RELEASED else f"blocked by {by}")
+            if outcome is Outcome.BLOCKED and depth < 50:
+                # its own waiting children can never run either: block them now, not at a sweep
+                new["_rev"] = res[child_id]["rev"]
+                release_children(db, new, depth + 1)
             return outcome
         if child_id not in res.conflicts:
             row = res[child_id]
@@ -273,8 +277,9 @@ def release_one(db: Database, child_id: str, doc: Optional[JSON] = None,
     return Outcome.WAITING
 
 
-def release_children(db: Database, parent: JSON) -> List[Tuple[str, Outcome]]:
-    """Release or block the waiting children of ``parent`` (just finished).
+def release_children(db: Database, parent: JSON, depth: int = 0) -> List[Tuple[str, Outcome]]:
+    """Release or block the waiting children of ``parent`` (just finished, or just
+    blocked: then its children are blocked down the chain).
 
     One read of the reverse index; a set-level child only when the set's count
     decides it.
@@ -286,12 +291,12 @@ def release_children(db: Database, parent: JSON) -> List[Tuple[str, Outcome]]:
     by_id = sorted({r["id"] for r in waiting if r["key"][0] == "id"})
     by_set = sorted({r["id"] for r in waiting if r["key"][0] == "set"} - set(by_id))
     cache = Cache()
-    out = [(kid, release_one(db, kid, cache=cache)) for kid in by_id]
+    out = [(kid, release_one(db, kid, cache=cache, depth=depth)) for kid in by_id]
     if by_set and ts:
         counts = cache.set_counts(db, ts)
         ons = {_on(r.get("value") or {}) for r in waiting if r["key"][0] == "set"}
         if any(set_verdict(on, counts) is not Verdict.WAIT for on in ons):
-            out += [(kid, release_one(db, kid, cache=cache)) for kid in by_set]
+            out += [(kid, release_one(db, kid, cache=cache, depth=depth)) for kid in by_set]
     return out
 
 

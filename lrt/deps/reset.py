@@ -3,7 +3,8 @@
 Rules (docs/tokens.md, "Dependencies"):
 
 * resetting a parent sends its ``waiting``/``blocked``/``todo`` children back to
-  ``waiting`` (they wait for the parent's new run);
+  ``waiting`` (they wait for the parent's new run), and so on down a chain of
+  children that did not run;
 * a child that already ran (or runs: staging, locked, done, error, failed,
   cancelled) makes the reset refuse, unless ``cascade`` (reset every descendant
   to ``waiting``, fresh attempts, history kept; a locked one is still refused)
@@ -120,12 +121,21 @@ def after_reset(db: Database, parents: Sequence[JSON], cascade: bool) -> Dict[st
         release_ids(db, again)
     if cascade:
         docs = list(descendants(db, parents).values())
-    else:
-        rows = children_rows(db, parents)
-        ids = sorted({r["id"] for r in rows if (r.get("value") or {}).get("state") in NOT_RAN})
-        docs = [r["doc"] for r in db.all_docs(keys=ids, include_docs=True).get("rows", [])
-                if isinstance(r.get("doc"), dict)] if ids else []
-        docs = [d for d in docs if d.get("state") in NOT_RAN]
+    else:  # children that did not run, and theirs (a blocked chain waits again as a whole)
+        found: Dict[str, JSON] = {}
+        frontier = list(parents)
+        while frontier:
+            rows = children_rows(db, frontier)
+            ids = sorted({r["id"] for r in rows if (r.get("value") or {}).get("state") in NOT_RAN}
+                         - set(found))
+            frontier = []
+            for i in range(0, len(ids), 500):
+                for r in db.all_docs(keys=ids[i:i + 500], include_docs=True).get("rows", []):
+                    d = r.get("doc")
+                    if isinstance(d, dict) and d.get("state") in NOT_RAN:
+                        found[d["_id"]] = d
+                        frontier.append(d)
+        docs = list(found.values())
     docs = [d for d in docs if d.get("state") in NOT_RAN or d.get("state") in states.TERMINAL]
     out["children"] = _to_waiting(db, docs, now, fresh=cascade)
     return out
