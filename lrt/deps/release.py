@@ -286,17 +286,21 @@ def release_children(db: Database, parent: JSON, depth: int = 0) -> List[Tuple[s
     """
     pid, ts = parent["_id"], parent.get("tokenset")
     keys: List[List[str]] = [["id", pid]] + ([["set", ts]] if ts else [])
-    rows = db.view(DEPS_DDOC, "children", keys=keys).get("rows", [])
+    # with the documents: a child is decided on the revision read here (a 409 re-reads it)
+    rows = db.view(DEPS_DDOC, "children", keys=keys, include_docs=True, conflicts=True).get("rows", [])
     waiting = [r for r in rows if (r.get("value") or {}).get("state") == State.WAITING.value]
     by_id = sorted({r["id"] for r in waiting if r["key"][0] == "id"})
     by_set = sorted({r["id"] for r in waiting if r["key"][0] == "set"} - set(by_id))
     cache = Cache()
-    out = [(kid, release_one(db, kid, cache=cache, depth=depth)) for kid in by_id]
+    cache.parents[pid] = parent  # just written by the caller: its current version
+    docs = {r["id"]: r["doc"] for r in waiting if isinstance(r.get("doc"), dict)}
+    out = [(kid, release_one(db, kid, doc=docs.get(kid), cache=cache, depth=depth)) for kid in by_id]
     if by_set and ts:
         counts = cache.set_counts(db, ts)
         ons = {_on(r.get("value") or {}) for r in waiting if r["key"][0] == "set"}
         if any(set_verdict(on, counts) is not Verdict.WAIT for on in ons):
-            out += [(kid, release_one(db, kid, cache=cache, depth=depth)) for kid in by_set]
+            out += [(kid, release_one(db, kid, doc=docs.get(kid), cache=cache, depth=depth))
+                    for kid in by_set]
     return out
 
 
