@@ -447,3 +447,23 @@ def test_children_on_a_cluster_run_once_and_leave_no_conflict(couch, tmp_path):
     finally:
         db.delete()
         admin.close()
+
+
+def test_set_outputs_become_inputs_and_staging_children_go_to_staging(db, tmp_path):
+    """A set-level from_parent takes the outputs of every done token of the set (in id
+    order); a child that needs staging is released to staging, not todo.  (The real
+    pilot path: test_outputs_of_the_parent_become_inputs_of_the_child.)"""
+    log = tmp_path / "log"
+    create(db, _cfg("sp", "sp", log, sweep="sweep: {n: [0, 1]}"), tmp_path)
+    create(db, _cfg("sc", "sc", log, "after: {tokenset: sp}\ninputs: {from_parent: output}\n"
+                    "needs_staging: true\n", ids="sc", sweep="sweep: {}"), tmp_path)
+    for i in (1, 0):
+        doc = db.get(f"sp_{i}")
+        doc.update(state="done", output=[{"url": f"file:///x/sp_{i}.h5", "checksum": f"adler32:0000000{i}",
+                                          "size": 1}])
+        db.put(doc)
+    assert release_ids(db, ["sc"]) == [("sc", Outcome.RELEASED)]
+    doc = db.get("sc")
+    assert doc["state"] == "staging"
+    assert doc["inputs"] == [{"url": "file:///x/sp_0.h5", "checksum": "adler32:00000000", "from": "sp_0"},
+                             {"url": "file:///x/sp_1.h5", "checksum": "adler32:00000001", "from": "sp_1"}]
