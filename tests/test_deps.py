@@ -467,3 +467,28 @@ def test_set_outputs_become_inputs_and_staging_children_go_to_staging(db, tmp_pa
     assert doc["state"] == "staging"
     assert doc["inputs"] == [{"url": "file:///x/sp_0.h5", "checksum": "adler32:00000000", "from": "sp_0"},
                              {"url": "file:///x/sp_1.h5", "checksum": "adler32:00000001", "from": "sp_1"}]
+
+
+def test_cancelling_a_running_parent_blocks_its_ok_children(couch, db, tmp_path, lrt_cmd):
+    """The pilot records the running parent cancelled, then blocks its children itself."""
+    log = tmp_path / "log"
+    create(db, textwrap.dedent(f"""\
+        tokenset: rp
+        type: rp
+        id: "rp_0"
+        command: ["sh", "-c", "touch {tmp_path}/started; sleep 60"]
+        """), tmp_path)
+    create(db, _cfg("rk", "rk", log, "after: {ids: [rp_0]}\n", ids="rk", sweep="sweep: {}"), tmp_path)
+    e = couch.env(db.name)
+    e["PYTHONPATH"] = str(ROOT)
+    p = start_pilot(e, "--type", "rp", "--cancel-check", "0.5", "--idle-exit", "1", log=tmp_path / "pilot.log")
+    try:
+        poll(lambda: (tmp_path / "started").exists(), timeout=60, what="the parent running")
+        out = subprocess.run(lrt_cmd + ["cancel", "rp_0"], capture_output=True, text=True, env=e, cwd=str(ROOT))
+        assert out.returncode == 0, out.stderr
+        assert st(db, "rk") == "waiting"  # the parent is still locked: nothing decided yet
+        poll(lambda: st(db, "rk") == "blocked", timeout=60, what="the child blocked by the pilot")
+    finally:
+        stop(p)
+    assert st(db, "rp_0") == "cancelled"
+    assert db.get("rk")["blocked_by"] == {"id": "rp_0", "state": "cancelled", "on": "ok"}
