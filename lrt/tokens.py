@@ -302,8 +302,10 @@ class TokenSet:
         """What :meth:`create` would do: validate, and count existing ids if ``db`` exists."""
         self.validate()
         if self.config.after is not None:
-            from .deps.create import check_dependencies
+            from .deps.create import check_dependencies, require_views
 
+            if db is not None:
+                require_views(db)
             check_dependencies(db, self.config)
         res = CreateResult()
         for batch in _batched(self.ids(), batch_size):
