@@ -226,15 +226,20 @@ def release_one(db: Database, child_id: str, doc: Optional[JSON] = None,
     """
     from ..pilot.claim import resolve_conflicts
 
+    resolved = False
     for i in range(tries):
         if doc is None:
             doc = db.get_or_none(child_id, conflicts=True)
-        if doc is None or doc.get("kind") != "token" or doc.get("state") != State.WAITING.value:
-            return Outcome.UNCHANGED
-        if doc.get("_conflicts"):
+        if doc is not None and doc.get("_conflicts") and not resolved:
+            resolved = True
+            # e.g. two nodes of a cluster took a release each: resolve first (a live lease
+            # is left alone by the resolver), so the claim view, which skips conflicted
+            # documents, offers the child at once
             resolve_conflicts(db, [child_id])
             doc, cache = None, None
             continue
+        if doc is None or doc.get("kind") != "token" or doc.get("state") != State.WAITING.value:
+            return Outcome.UNCHANGED
         dec = decide(db, doc, cache)
         if dec.verdict is Verdict.WAIT:
             return Outcome.WAITING
