@@ -5,6 +5,7 @@ a local pilot per transfer set and the compute pilots as a real Slurm array."""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 import zlib
@@ -129,4 +130,7 @@ def test_pawsey_three_set_workflow(s3, bucket, couch, db, tmp_path, lrt_cmd):
         (ref,) = docs[f"stageout_{i:04d}"]["output"]
         assert ref == {"url": f"rclone://acacia/{bucket}/{key}", "size": len(expect),
                        "checksum": f"adler32:{zlib.adler32(expect) & 0xffffffff:08x}"}
-    assert s3.secret_key not in "".join(p.read_text(errors="replace") for p in logs.iterdir())
+    # the S3 secret is in no log, job script or token
+    written = [p for p in logs.iterdir()] + [p for p in (tmp_path / "launches").rglob("*") if p.is_file()]
+    assert written and not [str(p) for p in written if s3.secret_key.encode() in p.read_bytes()]
+    assert s3.secret_key not in json.dumps(docs)
