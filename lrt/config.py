@@ -53,6 +53,9 @@ TOP_KEYS = {
     "files": "{list: path, per_token: N, group_by: subband|lines, subbands: [first, last], "
              "one_observation: bool}",
     "sweep": "{name: [values...] or {range: [start, stop, step]}}",
+    "after": "what the tokens wait for: {tokenset: NAME} | {id: TEMPLATE} | {ids: [...]}, "
+             "with on: ok|any|notok (docs/tokens.md)",
+    "inputs": "{from_parent: output|NAME}: a parent's outputs become the inputs",
 }
 FILES_KEYS = ("list", "per_token", "group_by", "subbands", "one_observation")
 RETRY_KEYS = ("backoff", "payload_errors")
@@ -173,6 +176,9 @@ class TokenConfig:
     payload: Dict[str, Any] = field(default_factory=dict)
     files: Optional[FilesSpec] = None
     sweep: Dict[str, Sequence[Any]] = field(default_factory=dict)
+    #: dependencies (lrt.deps.spec.AfterSpec) and parent-to-child inputs (InputsSpec)
+    after: Any = None
+    inputs: Any = None
     _ids_checked: bool = False
 
     # -- loading ------------------------------------------------------------------
@@ -567,6 +573,12 @@ class _Validator:
                 raise self.fail(f"sweep parameter {k!r} is also a payload key", "sweep", str(k))
             sweep[k] = self.values(k, val)
 
+        from .deps.spec import parse_after, parse_inputs
+
+        after = parse_after(d.get("after"), self.fail)
+        inputs = parse_inputs(d.get("inputs"), self.fail)
+        if inputs is not None and after is None:
+            raise self.fail("inputs.from_parent needs an 'after' (the parents)", "inputs")
         tpl = d.get("id")
         if tpl is None:
             parts = ["{type}"]
@@ -582,7 +594,7 @@ class _Validator:
             max_attempts=max_attempts, retry={"backoff": backoff, "payload_errors": pe},
             timeout=timeout, expected_duration=expected, command=command, sandbox=sandbox,
             outputs=outputs, needs_staging=needs_staging, payload=dict(payload), files=files,
-            sweep=sweep)
+            sweep=sweep, after=after, inputs=inputs)
 
     def name(self, k: Any, reserved: set, section: str) -> None:
         if not isinstance(k, str) or not _NAME_RE.match(k):

@@ -6,15 +6,15 @@ with :func:`transitions_json`, so Python and CouchDB can never disagree.
 
 ::
 
-    waiting --> todo <--> staging
+    blocked <-- waiting --> todo <--> staging
                  |  ^
            claim |  | release / retry / reap / reset
                  v  |
                locked --> done | error | failed | cancelled
     done, error, failed, cancelled --reset--> todo
 
-``waiting`` (dependencies not yet met) and ``staging`` (inputs on tape) are
-never claimed; ``failed`` is quarantine: ``max_attempts`` used up.
+``waiting`` (dependencies not yet met), ``blocked`` (a dependency that can
+never be met: lrt/deps) and ``staging`` (inputs on tape) are never claimed; ``failed`` is quarantine: ``max_attempts`` used up.
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class State(str, Enum):
     ERROR = "error"          #: failed and not to be retried automatically
     FAILED = "failed"        #: quarantined: ``max_attempts`` attempts failed
     CANCELLED = "cancelled"  #: cancelled by a user
+    BLOCKED = "blocked"      #: a dependency can never be met (``blocked_by`` names it); never claimed
 
     def __str__(self) -> str:
         return self.value
@@ -80,6 +81,20 @@ TRANSITIONS: Dict[State, Dict[State, str]] = {
     State.FAILED: {State.TODO: "reset"},
     State.CANCELLED: {State.TODO: "reset"},
 }
+
+# -- dependencies between tokens (lrt/deps, docs/tokens.md) ---------------------------
+# A token with ``after`` starts ``waiting``; lrt.deps releases it (waiting -> todo or
+# staging, above) or blocks it when a parent ended in a way that can never satisfy
+# it.  Resetting a parent sends its children back to ``waiting``; ``--cascade``
+# resets descendants that already ran to ``waiting`` too.
+TRANSITIONS[State.WAITING][State.BLOCKED] = "a parent can never satisfy a dependency"
+TRANSITIONS[State.BLOCKED] = {
+    State.WAITING: "a parent was reset",
+    State.CANCELLED: "cancel",
+}
+for _s in (State.DONE, State.ERROR, State.FAILED, State.CANCELLED):
+    TRANSITIONS[_s][State.WAITING] = "reset with its parents (--cascade)"
+# -- end of dependencies ----------------------------------------------------------------
 
 #: number of past attempts kept on a token (oldest dropped first)
 HISTORY_LIMIT = 20

@@ -131,6 +131,10 @@ def new_token(cfg: TokenConfig, item: Item, now: Optional[float] = None, share: 
         "history": [],
         "cancel_requested": False,
     })
+    if cfg.after is not None:
+        from .deps.create import dependency_fields
+
+        doc.update(dependency_fields(cfg, item))
     if item.chunk is not None:
         # inline attachment: the token and its link slice are one write, in the same batch
         data = base64.b64encode(item.chunk.srm_txt().encode()).decode()
@@ -219,6 +223,11 @@ class TokenSet:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         total = self.validate()
+        if self.config.after is not None:  # parents exist, no cycle: before the first write
+            from .deps.create import check_dependencies, require_views
+
+            require_views(db)
+            check_dependencies(db, self.config)
         self._publish_sandbox(db)
         res = CreateResult()
         done = 0
@@ -272,6 +281,10 @@ class TokenSet:
                 done += pending[1]
                 if progress is not None:
                     progress(done, total)
+        if self.config.after is not None:  # children whose parents ended already
+            from .deps.create import release_created
+
+            release_created(db, self.config)
         return res
 
     def _publish_sandbox(self, db: Optional[Database]) -> None:
@@ -288,6 +301,12 @@ class TokenSet:
     def dry_run(self, db: Optional[Database] = None, batch_size: int = 1000) -> CreateResult:
         """What :meth:`create` would do: validate, and count existing ids if ``db`` exists."""
         self.validate()
+        if self.config.after is not None:
+            from .deps.create import check_dependencies, require_views
+
+            if db is not None:
+                require_views(db)
+            check_dependencies(db, self.config)
         res = CreateResult()
         for batch in _batched(self.ids(), batch_size):
             have = db.existing_ids(batch) if db is not None else {}

@@ -192,7 +192,17 @@ def cmd_reap(ctx: Any) -> int:
     for r in resolved:
         ctx.out(f"{r['id']}: conflict {'would be ' if a.dry_run else ''}resolved: kept {r['kept']} "
                 f"({r['state']}), deleted {len(r['deleted'])} leaf/leaves")
+    from ..deps.reset import has_dependencies
+
+    released = []
+    if not a.dry_run and has_dependencies(ctx.db):  # finish a release a crash interrupted
+        from ..deps.release import sweep
+
+        released = [(i, o) for i, o in sweep(ctx.db, limit=None) if o.value in ("released", "blocked")]
+        for doc_id, o in released:
+            ctx.out(f"{doc_id}: dependencies decided: {o.value}")
     ctx.out(f"{len(reaped)} expired lease(s), {len(resolved)} conflicted token(s)"
+            + (f", {len(released)} waiting token(s) released or blocked" if released else "")
             + (" (dry run: nothing changed)" if a.dry_run else ""))
     return 0
 
@@ -227,6 +237,10 @@ def cmd_cancel(ctx: Any) -> int:
             counts["refused"] += 1
             st = ans.body.get("state")
             ctx.out(f"{doc_id}: not cancelled ({ans.reason}{', state ' + st if st else ''})")
+    from ..deps.reset import after_cancel, has_dependencies
+
+    if counts["cancelled"] and has_dependencies(ctx.db):  # their on: ok children are blocked
+        after_cancel(ctx.db, ids)
     ctx.out(f"{counts['cancelled']} cancelled, {counts['requested']} running (stop requested), "
             f"{counts['refused']} not cancellable")
     return 0 if counts["refused"] == 0 or a.token_type else 1

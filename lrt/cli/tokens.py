@@ -56,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--type", help="only this token type")
     p.add_argument("--dry-run", action="store_true", help="count only")
     p.add_argument("--force", action="store_true", help="also reset locked tokens (their pilots lose them)")
+    p.add_argument("--cascade", action="store_true",
+                   help="also reset the children (and descendants) that already ran to waiting")
+    p.add_argument("--keep-children", action="store_true",
+                   help="leave children that already ran as they are")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_reset)
 
@@ -333,8 +337,13 @@ def format_token(doc: Dict[str, Any]) -> str:
 def cmd_show(ctx) -> int:
     from ..tokens import Token
 
+    from ..deps.reset import dependency_lines
+
     doc = Token.load(ctx.db, ctx.args.id)
-    ctx.out(json.dumps(doc, indent=2, sort_keys=True) if ctx.args.json else format_token(doc))
+    if ctx.args.json:
+        ctx.out(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        ctx.out("\n".join([format_token(doc)] + dependency_lines(ctx.db, doc)))
     return 0
 
 
@@ -363,7 +372,10 @@ def cmd_reset(ctx) -> int:
     from ..tokens import TokenList
 
     a = ctx.args
-    res = TokenList(ctx.db, a.state, a.type).reset(dry_run=a.dry_run, force=a.force)
+    from ..deps.reset import reset
+
+    res = reset(TokenList(ctx.db, a.state, a.type), dry_run=a.dry_run, force=a.force,
+                cascade=a.cascade, keep_children=a.keep_children)
     return _report(ctx, "reset", res, a.dry_run)
 
 

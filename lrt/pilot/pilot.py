@@ -52,6 +52,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .. import errorcodes
 from ..couch import CouchConnectionError, CouchError, Database, ServerError
+from ..deps.release import after_finish, idle_sweep
 from ..design import MONITOR_DDOC
 from ..errors import LrtError
 from .claim import (Candidates, Claimed, Finishing, PendingClaim, Stats, TokenClient, reap_expired,
@@ -358,6 +359,7 @@ class Pilot:
                 self.stats.resolved += 1
                 back = True
                 log.warning("resolved conflicted token %s: kept %s (%s)", rep["id"], rep["kept"], rep["state"])
+            back = idle_sweep(self.db, idle) or back  # waiting tokens a crash left unreleased (lrt/deps)
         except _TRANSIENT:
             raise
         except CouchError as exc:  # e.g. monitoring ddoc missing: not fatal for a pilot
@@ -819,6 +821,7 @@ class Pilot:
         if ans is not None and ans.ok:
             self.stats.tokens += 1
             log.info("token %s -> %s", c.id, ans.body.get("state"))
+            after_finish(self.db, c.doc)  # release its children (lrt/deps), never raises
         else:
             self.stats.fenced += 1
             log.warning("finish of %s refused (%s): another pilot holds it; result not recorded",
