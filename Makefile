@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 LRT := $(VENV)/bin/lrt
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# the browser tests use Debian's chromium (scripts/testbed-chromium.sh), never a downloaded one
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .PHONY: all demo test venv node testbed clean bench
 

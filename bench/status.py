@@ -4,7 +4,7 @@
 For each size N: a fresh database gets N tokens (two types, three states), the
 ``lrt/tokens`` index is warmed by one query (its build time is printed too), then
 
-* the function behind ``lrt status`` (``lrt.cli.tokens.status_json``) is timed
+* the function behind ``lrt status`` (``lrt.queries.status.status_json``) is timed
   over several calls (median, min, max), and
 * ``lrt status`` is run once as a subprocess (the user's wall time, including
   Python start-up; the start-up of ``lrt --version`` is printed for reference).
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lrt import design, states  # noqa: E402
-from lrt.cli.tokens import status_json  # noqa: E402
+from lrt.queries.status import status_json  # noqa: E402
 from lrt.tokens import TokenSet  # noqa: E402
 from benchlib import bench_server  # noqa: E402
 

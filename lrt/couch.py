@@ -724,6 +724,27 @@ class Database:
                                   headers={"Content-Type": content_type}).json()
         return res["rev"]
 
+    def open_attachment(self, doc_id: str, name: str,
+                        chunk_size: int = 1 << 16) -> Tuple[str, Optional[int], Iterator[bytes]]:
+        """Start streaming an attachment: (content type, length, chunks).
+
+        The response stays open until the chunks are consumed (or the iterator is
+        closed), so a web page can pass a large log through without holding it.
+        """
+        path = self._p(quote_id(doc_id), urllib.parse.quote(name, safe=""))
+        resp = self.server.request("GET", path, stream=True, headers={"Accept": "*/*"})
+        length = resp.headers.get("Content-Length")
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                for chunk in resp.iter_content(chunk_size):
+                    yield chunk
+            finally:
+                resp.close()
+
+        return (resp.headers.get("Content-Type") or "application/octet-stream",
+                int(length) if length and length.isdigit() else None, chunks())
+
     def get_attachment(self, doc_id: str, name: str, dest: Optional[IO[bytes]] = None,
                        chunk_size: int = 1 << 20) -> Optional[bytes]:
         """Download an attachment; streamed into ``dest`` when given, else returned."""

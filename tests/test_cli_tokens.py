@@ -76,10 +76,11 @@ def test_create_status_list_show(cli, server):
     assert st["types"] == {"lofar_calib": {"staging": 4}} and st["total"] == 4
 
     rows = json.loads(cli("list", "--state", "done", "--json").stdout)
-    assert rows == [{"id": "demo_03", "state": "done", "type": "demo"},
-                    {"id": "demo_04", "state": "done", "type": "demo"}]
-    assert cli("list", "--state", "todo", "--limit", "3").stdout.split("\n")[:3] == [
-        "demo_00\ttodo\tdemo", "demo_01\ttodo\tdemo", "demo_02\ttodo\tdemo"]
+    assert rows == [{"id": "demo_03", "state": "done", "type": "demo", "attempts": 0, "error": None, "pilot": None},
+                    {"id": "demo_04", "state": "done", "type": "demo", "attempts": 0, "error": None, "pilot": None}]
+    assert [line.split() for line in cli("list", "--state", "todo", "--limit", "3").stdout.splitlines()] == [
+        ["id", "state", "type", "attempts", "error", "pilot"], ["demo_00", "todo", "demo", "0", "-", "-"],
+        ["demo_01", "todo", "demo", "0", "-", "-"], ["demo_02", "todo", "demo", "0", "-", "-"]]
 
     r = cli("show", "lofar_calib_L654321_SB010")
     assert r.returncode == 0

@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .. import design
 from ..errors import LrtError
-from ..states import State
+from ..queries.pilots import pilot_summary
+from ..queries.status import status_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,9 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="token counts per type and state")
     p.add_argument("--type", help="only this token type")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--watch", action="store_true",
+                   help="a live table (counts, rates, ETA), redrawn until Ctrl-C")
+    p.add_argument("--interval", type=float, default=5.0, metavar="S",
+                   help="seconds between redraws with --watch (default 5)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("list", help="list token ids by state and type")
+    p = sub.add_parser("list", help="list tokens (id, state, type, attempts, error code, pilot)")
     p.add_argument("--state", help="only this state (default: all)")
     p.add_argument("--type", help="only this token type")
     p.add_argument("--limit", type=int, metavar="N", help="at most N tokens")
@@ -133,25 +138,6 @@ def cmd_create(ctx) -> int:
 # status / list / show
 
 
-def status_json(db, type: Optional[str] = None) -> Dict[str, Any]:
-    """The ``lrt status --json`` document (shape documented in docs/tokens.md)."""
-    from ..tokens import conflicted_count, status_counts
-
-    counts = status_counts(db, type)
-    totals: Dict[str, int] = {}
-    for by_state in counts.values():
-        for s, k in by_state.items():
-            totals[s] = totals.get(s, 0) + k
-    order = [s.value for s in State]
-    ordered = lambda d: {s: d[s] for s in sorted(d, key=lambda x: (order.index(x) if x in order else 99, x))}
-    out = {"db": db.name, "types": {t: ordered(counts[t]) for t in sorted(counts)},
-           "states": ordered(totals), "total": sum(totals.values())}
-    conflicted = conflicted_count(db)
-    if conflicted:  # only when some remain (see docs/tokens.md)
-        out["conflicted"] = conflicted
-    return out
-
-
 def format_status(st: Dict[str, Any], type: Optional[str] = None) -> str:
     note = ""
     if st.get("conflicted"):
@@ -173,13 +159,6 @@ def format_status(st: Dict[str, Any], type: Optional[str] = None) -> str:
     return "\n".join(lines) + note
 
 
-def pilot_summary(db, type: Optional[str] = None) -> List[Dict[str, Any]]:
-    """Recent pilot launches (``lrt launch``) with what the batch system says now."""
-    from ..launchers import launch_summary
-
-    return [r for r in launch_summary(db) if type is None or r.get("type") in (None, type)]
-
-
 def format_pilots(rows: List[Dict[str, Any]]) -> str:
     if not rows:
         return ""
@@ -193,6 +172,8 @@ def format_pilots(rows: List[Dict[str, Any]]) -> str:
 
 
 def cmd_status(ctx) -> int:
+    if ctx.args.watch:
+        return _watch(ctx)
     st = status_json(ctx.db, ctx.args.type)
     st["pilots"] = pilot_summary(ctx.db, ctx.args.type)
     if ctx.args.json:
@@ -202,17 +183,65 @@ def cmd_status(ctx) -> int:
     return 0
 
 
-def cmd_list(ctx) -> int:
-    from ..tokens import TokenList
+def format_rates(st: Dict[str, Any], rates: Any) -> str:
+    """One line: finished per minute (done / failed), and the ETA at the recent rate."""
+    from ..queries.rates import format_eta, remaining
+
+    left = remaining(st["states"])
+    return (f"last 15 min: {sum(rates.done[-16:-1])} done, {sum(rates.failed[-16:-1])} failed, "
+            f"{rates.per_minute(15):.1f}/min; {left} to go, ETA {format_eta(rates.eta(left, 15))}")
+
+
+def _watch(ctx) -> int:
+    """``lrt status --watch``: redraw until Ctrl-C (which ends it with exit code 0)."""
+    import time
+
+    from ..queries.rates import finished_per_minute
 
     a = ctx.args
-    tl = TokenList(ctx.db, a.state, a.type)
-    rows = ({"id": r["id"], "state": r["key"][0], "type": r["key"][1]} for r in tl.rows(limit=a.limit))
+    if a.interval <= 0:
+        raise UsageError("--interval must be positive")
     if a.json:
-        ctx.out(json.dumps(list(rows)))
+        raise UsageError("--watch draws a table; use --json without --watch for one snapshot")
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            st = status_json(ctx.db, a.type)
+            rates = finished_per_minute(ctx.db, 16, a.type)
+            stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%H:%M:%S UTC")
+            ctx.out(f"{clear}lrt status --watch  db {st['db']}  {stamp}  (every {a.interval:g}s, Ctrl-C ends)\n"
+                    + format_status(st, a.type) + "\n" + format_rates(st, rates))
+            time.sleep(a.interval)
+    except KeyboardInterrupt:
+        ctx.out("")
         return 0
+
+
+def cmd_list(ctx) -> int:
+    from ..queries.tokens import TokenFilter, iter_rows
+
+    a = ctx.args
+    rows = iter_rows(ctx.db, TokenFilter(state=a.state, type=a.type), limit=a.limit)
+    if a.json:
+        ctx.out(json.dumps([{"id": r["id"], "state": r["state"], "type": r["type"], "attempts": r["attempts"],
+                             "error": r["error"], "pilot": r["pilot"]} for r in rows]))
+        return 0
+    header = ["id", "state", "type", "attempts", "error", "pilot"]
+    cell = lambda r: [r["id"], r["state"], r["type"], str(r["attempts"] or 0),
+                      "-" if r["error"] is None else str(r["error"]), r["pilot"] or "-"]
+    first: List[List[str]] = []
+    for r in rows:  # column widths from the first 1000 rows; the rest stream
+        first.append(cell(r))
+        if len(first) >= 1000:
+            break
+    widths = [max([len(h)] + [len(c[i]) for c in first]) for i, h in enumerate(header)]
+    fmt = lambda c: "  ".join(v.rjust(widths[i]) if i == 3 else v.ljust(widths[i])
+                              for i, v in enumerate(c)).rstrip()
+    ctx.out(fmt(header))
+    for c in first:
+        ctx.out(fmt(c))
     for r in rows:
-        ctx.out(f"{r['id']}\t{r['state']}\t{r['type']}")
+        ctx.out(fmt(cell(r)))
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Read models that the CLI, the dashboard and UWS render."""
