@@ -53,6 +53,7 @@ TOP_KEYS = {
     "files": "{list: path, per_token: N, group_by: subband|lines, subbands: [first, last], "
              "one_observation: bool}",
     "sweep": "{name: [values...] or {range: [start, stop, step]}}",
+    "task": "a registered task (docs/tasks.md): every token's parameters are checked against it",
 }
 FILES_KEYS = ("list", "per_token", "group_by", "subbands", "one_observation")
 RETRY_KEYS = ("backoff", "payload_errors")
@@ -173,6 +174,8 @@ class TokenConfig:
     payload: Dict[str, Any] = field(default_factory=dict)
     files: Optional[FilesSpec] = None
     sweep: Dict[str, Sequence[Any]] = field(default_factory=dict)
+    #: the :class:`lrt.tasks.Task` named by ``task:`` (tokens are checked against it)
+    task: Any = None
     _ids_checked: bool = False
 
     # -- loading ------------------------------------------------------------------
@@ -461,6 +464,13 @@ class _Validator:
     def build(self, d: Dict[str, Any], base: Path, files_override: Optional[Union[str, Path]],
               default_name: Optional[str]) -> TokenConfig:
         self.unknown(d, list(TOP_KEYS))
+        task = self.task(d.get("task"), base) if "task" in d else None
+        if task is not None:  # the task gives type, command and sandbox unless the config does
+            d = dict(d)
+            d.setdefault("type", task.name)
+            d.setdefault("command", list(task.command))
+            if task.sandbox is not None:
+                d.setdefault("sandbox", {"path": str(task.sandbox)})
         if "type" not in d:
             raise self.fail("missing required key 'type' (the token type pilots claim)")
         ttype = d["type"]
@@ -582,7 +592,22 @@ class _Validator:
             max_attempts=max_attempts, retry={"backoff": backoff, "payload_errors": pe},
             timeout=timeout, expected_duration=expected, command=command, sandbox=sandbox,
             outputs=outputs, needs_staging=needs_staging, payload=dict(payload), files=files,
-            sweep=sweep)
+            sweep=sweep, task=task)
+
+    def task(self, name: Any, base: Path) -> Any:
+        """The task a config names: from ``$LRT_TASKS``, else ``tasks/`` beside the config."""
+        import os
+
+        from .tasks import TaskRegistry
+        from .tasks.definition import TaskNotFound
+
+        if not isinstance(name, str):
+            raise self.fail(f"task must name a task, not {name!r}", "task")
+        folder = os.environ.get("LRT_TASKS") or str(base / "tasks")
+        try:
+            return TaskRegistry(folder).get(name)
+        except TaskNotFound as exc:
+            raise self.fail(str(exc), "task") from None
 
     def name(self, k: Any, reserved: set, section: str) -> None:
         if not isinstance(k, str) or not _NAME_RE.match(k):

@@ -13,7 +13,8 @@ with :func:`transitions_json`, so Python and CouchDB can never disagree.
                locked --> done | error | failed | cancelled
     done, error, failed, cancelled --reset--> todo
 
-``waiting`` (dependencies not yet met) and ``staging`` (inputs on tape) are
+``pending`` (a submitted job not yet asked to run) moves to ``todo`` or
+``staging`` on ``run``.  ``waiting`` (dependencies not yet met) and ``staging`` (inputs on tape) are
 never claimed; ``failed`` is quarantine: ``max_attempts`` used up.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ class State(str, Enum):
     ERROR = "error"          #: failed and not to be retried automatically
     FAILED = "failed"        #: quarantined: ``max_attempts`` attempts failed
     CANCELLED = "cancelled"  #: cancelled by a user
+    PENDING = "pending"      #: submitted, not released to run yet (a UWS job before PHASE=RUN)
 
     def __str__(self) -> str:
         return self.value
@@ -79,6 +81,13 @@ TRANSITIONS: Dict[State, Dict[State, str]] = {
     State.ERROR: {State.TODO: "reset"},
     State.FAILED: {State.TODO: "reset"},
     State.CANCELLED: {State.TODO: "reset"},
+}
+
+# pending (lrt.tasks, UWS): a job waits for its owner's PHASE=RUN; never claimed
+TRANSITIONS[State.PENDING] = {
+    State.TODO: "run",
+    State.STAGING: "run, inputs on tape",
+    State.CANCELLED: "cancel",
 }
 
 #: number of past attempts kept on a token (oldest dropped first)

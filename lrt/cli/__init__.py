@@ -20,7 +20,7 @@ from .. import __version__
 from ..errors import LrtError
 
 #: subcommand modules, in help order; a module that is missing is skipped
-MODULES = ("server", "tokens", "pilot", "sandbox", "stage", "launch", "monitor", "dashboard")
+MODULES = ("server", "tokens", "pilot", "sandbox", "stage", "launch", "monitor", "dashboard", "task", "uws")
 
 
 class Context:
