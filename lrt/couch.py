@@ -563,6 +563,38 @@ class Database:
         doc = self.server.decode(resp, "GET", doc_id)
         return None if isinstance(doc, dict) and doc.get("_rev") == rev else doc
 
+    def update_seq(self) -> Any:
+        """The database's current update sequence (opaque: pass it back as ``since``)."""
+        return self.info().get("update_seq")
+
+    def wait_for_change(self, doc_ids: Sequence[str], since: Any, timeout: float) -> Optional[Any]:
+        """Block until one of ``doc_ids`` changes after ``since``, at most ``timeout`` s.
+
+        One ``_changes?feed=longpoll&filter=_doc_ids`` request (the server answers
+        when a change arrives): the way to wait for a document without polling
+        it.  Returns the new ``last_seq``, or None when nothing changed in time.
+        ``Accept-Encoding: identity`` because pouchdb-server holds back a gzip
+        feed; it also ignores ``timeout=``, so the client's read timeout ends
+        the wait there (CouchDB ends it itself, a little earlier).
+        """
+        timeout = max(0.0, float(timeout))
+        if timeout == 0:
+            return None
+        params = {"feed": "longpoll", "filter": "_doc_ids", "since": since,
+                  "timeout": int(timeout * 1000)}
+        t0 = time.monotonic()
+        try:
+            resp = self.server.request("POST", self._p("_changes"), params=params,
+                                       json_body={"doc_ids": list(doc_ids)},
+                                       headers={"Accept-Encoding": "identity"}, retry=False,
+                                       timeout=(self.server.timeout[0], timeout + 2.0))
+        except CouchConnectionError:
+            if time.monotonic() - t0 >= timeout:
+                return None  # the read timed out: no change in time
+            raise
+        body = self.server.decode(resp, "POST", "_changes")
+        return body.get("last_seq") if body.get("results") else None
+
     def put(self, doc: JSON, **params: Any) -> str:
         """Create or update ``doc`` (its ``_rev`` decides which); sets and returns the new rev."""
         if "_id" not in doc:
