@@ -41,7 +41,18 @@ class Checked(requests.Session):
             doc = etree.fromstring(resp.content)
             schema().assertValid(doc)
             Checked.checked += 1
+            resp.raw = _Raw(resp.content)  # what was read is there again for a streaming reader
         return resp
+
+
+class _Raw:
+    def __init__(self, data: bytes):
+        import io
+
+        self._buf = io.BytesIO(data)
+
+    def read(self, amt=None, decode_content=None):
+        return self._buf.read(-1 if amt is None else amt)
 
 
 def session(user: Tuple[str, str]) -> Checked:

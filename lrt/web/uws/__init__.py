@@ -303,7 +303,8 @@ class UwsService:
         rows = []
         for row in self.db.iter_view("lrt-uws", "jobs", startkey=start, endkey=end):
             v = row["value"]
-            if after is not None and not (v.get("c") or 0) > after:
+            # creation times are shown to the millisecond: compare at that precision
+            if after is not None and not int((v.get("c") or 0) * 1000) > int(round(after * 1000)):
                 continue
             ph = phase_of(v.get("s"), v.get("x"), now)
             if want:
