@@ -193,7 +193,7 @@ def set_document(docs: Iterable[Mapping[str, Any]], db: Any = None,
         coll = d.collection(f"lrt:tokenset_{_safe(name)}", {"voprov:name": name})
         for a in acts:
             d.wasInfluencedBy(coll, a)
-    return d
+    return d.unified()  # a file one token made and another used: one entity, both attributes
 
 
 def serialize(d: ProvDocument, fmt: str = "json") -> str:
