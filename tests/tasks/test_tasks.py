@@ -202,3 +202,13 @@ def test_make_token_pending_and_staged():
     wc = TaskRegistry(TASKS).get("wordcount")
     doc = make_token(wc, {"texts": [SMALL]}, run=False, owner="alice")
     assert doc["state"] == "pending" and doc["owner"] == "alice"
+
+
+def test_lrt_cancel_works_on_a_held_submission(couch, db):
+    r = lrt(couch, db, "submit", "sleeper", "seconds=1", "--hold", "--tasks", str(TASKS))
+    assert r.returncode == 0, r.stderr
+    tid = r.stdout.strip()
+    assert db.get(tid)["state"] == "pending"
+    r = lrt(couch, db, "cancel", tid)
+    assert r.returncode == 0, r.stderr
+    assert db.get(tid)["state"] == "cancelled"

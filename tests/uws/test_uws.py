@@ -247,3 +247,31 @@ def test_wait_blocks_on_the_change_feed_until_the_phase_changes(serve, users):
     assert phase(alice, loc + "?WAIT=20&PHASE=PENDING") == "QUEUED"
     assert time.monotonic() - t0 < 10
     assert Checked.checked > 0
+
+
+def test_delete_a_running_job_stops_it_first(serve, users, uws_db):
+    base, alice = serve.url, session(users["alice"])
+    loc = create(alice, base, "sleeper", seconds="300", PHASE="RUN").headers["location"]
+    jid = loc.rsplit("/", 1)[-1]
+    p = pilot(serve, "--type", "sleeper")
+    try:
+        poll(lambda: phase(alice, loc + "?WAIT=10") == "EXECUTING", timeout=60, what="EXECUTING")
+        r = alice.delete(loc, allow_redirects=False, timeout=60)
+        assert r.status_code == 303 and r.headers["location"] == f"{base}/uws/sleeper"
+        assert uws_db.get_or_none(jid) is None  # aborted, let go by the pilot, then removed
+        assert alice.get(loc).status_code == 404
+    finally:
+        stop(p)
+
+
+def test_quote_from_expected_duration_and_queue(serve, users):
+    base, alice = serve.url, session(users["alice"])
+    a = create(alice, base, "sleeper", PHASE="RUN").headers["location"]
+    b = create(alice, base, "sleeper", PHASE="RUN").headers["location"]
+    t0 = time.time()
+    q = alice.get(b + "/quote").text
+    when = dt.datetime.strptime(q, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    # sleeper expects 1 s per job; two queued jobs of the task: about 3 s from now
+    assert t0 + 1.5 <= when <= time.time() + 3.5
+    job = xml(alice.get(a))
+    assert job.findtext("uws:quote", namespaces=NS)
