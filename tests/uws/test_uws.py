@@ -80,6 +80,10 @@ def test_creation_is_validated_and_filters_work(serve, users, uws_db):
     assert "no parameter 'colour'" in r.text
     r = create(alice, base, "sleeper", expect=400, PHASE="ABORT")
     assert job_ids(alice, url) == []  # nothing written by a refused POST
+    r = alice.post(url, files={"SECONDS": (None, "2")}, allow_redirects=False)  # multipart
+    assert r.status_code == 303
+    assert alice.delete(r.headers["location"], allow_redirects=False).status_code == 303
+    assert job_ids(alice, url) == []
 
     first = create(alice, base, "sleeper", seconds="1").headers["location"].rsplit("/", 1)[-1]
     time.sleep(0.05)  # distinct creation times (AFTER compares them)

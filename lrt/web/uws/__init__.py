@@ -473,7 +473,11 @@ async def read_form(request: Request, task: Optional[Task] = None) -> Dict[str, 
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if request.method == "POST":
         if ctype == "multipart/form-data":
-            form = await request.form()
+            try:
+                form = await request.form()
+            except (AssertionError, ImportError):  # Starlette without python-multipart
+                raise UwsError(415, "multipart forms need python-multipart on the server; "
+                                    "send application/x-www-form-urlencoded") from None
             pairs += [(k, v) for k, v in form.multi_items() if isinstance(v, str)]
         else:
             body = (await request.body()).decode("utf-8", "replace")
