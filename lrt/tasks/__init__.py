@@ -113,15 +113,40 @@ def publish_sandbox(db: Database, task: Task) -> Optional[str]:
     return build(task.sandbox, db).sha256
 
 
+def local_checksums(doc: Dict[str, Any]) -> None:
+    """Give ``file://`` inputs that are readable here their adler32.
+
+    The pilot then verifies each copy (stage-in) and provenance names the input
+    by checksum.  Only for submissions from the user's own machine (CLI, Python):
+    a service must not read files its users name on its own host.
+    """
+    from pathlib import Path
+
+    from ..staging.pilot import adler32_file
+
+    for item in doc.get("inputs") or []:
+        url = item.get("url") or ""
+        if item.get("checksum") or not url.startswith("file:"):
+            continue
+        path = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+        if path.is_file():
+            item["checksum"] = "adler32:" + adler32_file(path)
+
+
 def submit_task(db: Database, task: Task, params: Mapping[str, Any], *, text: bool = False,
                 owner: Optional[str] = None, run: bool = True, dest: Optional[str] = None,
                 execution_duration: Optional[float] = None,
-                destruction: Optional[float] = None) -> str:
-    """Validate, publish the sandbox, write one token; return its id."""
+                destruction: Optional[float] = None, checksum_local: bool = True) -> str:
+    """Validate, publish the sandbox, write one token; return its id.
+
+    ``checksum_local``: local ``file://`` inputs get their adler32 (:func:`local_checksums`).
+    """
     make_token(task, params, text=text, owner=owner, run=run, dest=dest)  # validate first
     sha = publish_sandbox(db, task)
     doc = make_token(task, params, text=text, owner=owner, run=run, dest=dest, sandbox_sha256=sha,
                      execution_duration=execution_duration, destruction=destruction)
+    if checksum_local:
+        local_checksums(doc)
     db.put(doc)
     return doc["_id"]
 

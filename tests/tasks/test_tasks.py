@@ -103,7 +103,10 @@ def test_submit_writes_one_token_recording_the_task(db, monkeypatch):
     assert doc["type"] == "wordcount" and doc["state"] == "todo"
     assert doc["payload"] == {"texts": ["small.txt"], "min_length": 2, "mode": "words",
                               "lower": False, "scale": 1.0, "label": "x1"}
-    assert doc["inputs"] == [{"url": SMALL, "checksum": None}]
+    import zlib
+
+    want = "adler32:%08x" % zlib.adler32((TASKS / "fixtures" / "small.txt").read_bytes())
+    assert doc["inputs"] == [{"url": SMALL, "checksum": want}]  # a local input: checksummed
     assert doc["task_params"]["texts"] == [SMALL]
     assert doc["outputs"]["dest"] == f"file:///tmp/lrt-results/wordcount/{tid}"
     assert len(doc["sandbox"]["sha256"]) == 64

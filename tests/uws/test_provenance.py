@@ -73,6 +73,8 @@ def test_provenance_of_a_real_run(couch, db, tasks_dir, tmp_path, users):
             for u in records(doc, "Usage")}
     roles = sorted(used.values())
     assert roles.count("input") == 1 and used[by_loc[FIX.as_uri()][0]] == "input"
+    assert attr(by_loc[FIX.as_uri()][1], LRT, "checksum") == tok["inputs"][0]["checksum"]
+    assert tok["inputs"][0]["checksum"].startswith("adler32:")
     assert "sandbox" in roles and "task_description" in roles
     sandbox = [e for e in ents.values() if attr(e, LRT, "sha256") == tok["sandbox"]["sha256"]]
     assert len(sandbox) == 1
