@@ -420,6 +420,36 @@ class Server:
     def session_info(self) -> JSON:
         return self.json("GET", "/_session")
 
+    def check_credentials(self, name: str, password: str) -> JSON:
+        """``GET /_session`` as ``name`` (basic auth on this request only): the ``userCtx``.
+
+        For services that act for their users (the UWS): the credentials are
+        checked and kept nowhere.  A separate connection pool of this server
+        object is used, its cookies dropped after each check, so nothing of the
+        user's login can leak into this client's own requests.  Raises
+        :class:`Unauthorized` for a wrong password; never retried (retried wrong
+        passwords help lock an account on Apache CouchDB).  Not thread-safe:
+        one server object per thread, as everywhere in lrt.
+        """
+        chk = getattr(self, "_check_session", None)
+        if chk is None:
+            chk = self._check_session = requests.Session()
+            chk.verify = self.session.verify
+            chk.trust_env = False
+            chk.headers.update({"Accept": "application/json", "User-Agent": "lrt (python-requests)"})
+        try:
+            resp = chk.get(self.url + "/_session", auth=requests.auth.HTTPBasicAuth(name, password),
+                           timeout=self.timeout)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise CouchConnectionError(f"cannot reach CouchDB at {self.url} "
+                                       f"({type(exc).__name__})") from None
+        finally:
+            chk.cookies.clear()
+        self.requests_sent += 1
+        if resp.status_code >= 400:
+            raise self._error(resp, "GET", "/_session")
+        return (self.decode(resp, "GET", "/_session") or {}).get("userCtx") or {}
+
     def all_dbs(self) -> List[str]:
         return self.json("GET", "/_all_dbs")
 

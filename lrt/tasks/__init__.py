@@ -104,13 +104,38 @@ def make_token(task: Task, params: Mapping[str, Any], *, text: bool = False,
     return doc
 
 
+#: (server, database, folder) -> (fingerprint of the folder, sha256 of its sandbox)
+_SANDBOXES: Dict[Any, Any] = {}
+
+
+def _fingerprint(folder: "os.PathLike[str]") -> Any:
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for f in sorted(files):
+            st = os.stat(os.path.join(root, f), follow_symlinks=False)
+            out.append((os.path.join(root, f), st.st_size, st.st_mtime_ns, st.st_mode))
+    return tuple(out)
+
+
 def publish_sandbox(db: Database, task: Task) -> Optional[str]:
-    """Build the task's sandbox reproducibly and upload it once; its sha256 (None without one)."""
+    """Build the task's sandbox reproducibly and upload it once; its sha256 (None without one).
+
+    A service submitting many jobs builds it again only when a file in the folder
+    changed (size, mtime or mode), not per job.
+    """
     if task.sandbox is None:
         return None
     from ..pilot.sandbox import build
 
-    return build(task.sandbox, db).sha256
+    key = (db.server.url, db.name, str(task.sandbox))
+    fp = _fingerprint(task.sandbox)
+    hit = _SANDBOXES.get(key)
+    if hit is not None and hit[0] == fp:
+        return hit[1]
+    sha = build(task.sandbox, db).sha256
+    _SANDBOXES[key] = (fp, sha)
+    return sha
 
 
 def local_checksums(doc: Dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ...couch import AuthError, Conflict, CouchConnectionError, Database, NotFound, Server
+from ...couch import AuthError, Conflict, CouchConnectionError, Database, NotFound
 from ...errors import LrtError
 from ...states import State, apply
 from ...tasks import Task, TaskRegistry, make_token, publish_sandbox
@@ -216,13 +216,7 @@ class UwsService:
 
     # -- users: basic credentials checked against /_session, for this request only --------------
     def _session_user(self, name: str, password: str) -> User:
-        srv = self.db.server
-        s = Server(srv.url, name, password, verify=srv.session.verify, retries=1,
-                   timeout=(5.0, 20.0))
-        try:
-            ctx = (s.session_info() or {}).get("userCtx") or {}
-        finally:
-            s.close()
+        ctx = self.db.server.check_credentials(name, password)
         if ctx.get("name") != name:
             raise UwsError(401, "authentication failed")
         return User(name=name, admin="_admin" in (ctx.get("roles") or []))
