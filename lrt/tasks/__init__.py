@@ -16,7 +16,6 @@ import urllib.parse
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from ..couch import Database
-from ..errors import LrtError
 from ..states import State
 from .definition import (OutputSpec, Parameter, ParameterError, Task, TaskNotFound, TaskRegistry,
                          load_task, parse_duration, tasks_dir)
@@ -185,7 +184,3 @@ def submit(db: Database, name: str, **params: Any) -> str:
     A bad value raises :class:`ParameterError` naming the parameter; nothing is written.
     """
     return submit_task(db, get_task(name), params)
-
-
-class TaskError(LrtError):
-    """A task test run did not meet its ``expect``."""

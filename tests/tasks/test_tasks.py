@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lrt.errors import ConfigError
-from lrt.tasks import ParameterError, TaskRegistry, load_task, make_token, submit, submit_task
+from lrt.tasks import ParameterError, TaskRegistry, load_task, make_token, submit
 from lrt.tokens import TokenSet
 
 from pilot_helpers import ROOT, poll, start_pilot, stop
@@ -183,7 +183,7 @@ def test_task_test_fails_when_expect_is_not_met(couch, db, tmp_path):
 def test_token_config_naming_a_task_is_checked_before_writing(db, tmp_path, monkeypatch):
     monkeypatch.setenv("LRT_TASKS", str(TASKS))
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"task: sleeper\nid: 'sl_{{seconds}}'\nsweep:\n  seconds: [0.1, 0.2, 4000]\n")
+    cfg.write_text("task: sleeper\nid: 'sl_{seconds}'\nsweep:\n  seconds: [0.1, 0.2, 4000]\n")
     ts = TokenSet.from_config(cfg)
     with pytest.raises(ConfigError) as ei:
         ts.create(db)

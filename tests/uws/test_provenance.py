@@ -2,7 +2,6 @@
 /provenance resource, and one linked document for a token set."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
