@@ -74,6 +74,12 @@ def cmd_serve(ctx) -> int:
 
         lists.insert(0, dashboard_routes)
     app = create_app(web, lists, allowed_hosts=["127.0.0.1", "localhost", "[::1]", "::1", a.bind])
+    # one login for the dashboard and the UWS: every request's CouchDB credentials
+    from ..web.uws import UwsService
+    from ..web.uws.auth import BasicAuth
+
+    checker = UwsService(web, tasks)
+    app = BasicAuth(app, checker._session_user)
     host = f"[{a.bind}]" if ":" in a.bind else a.bind
     print(f"lrt serve: http://{host}:{a.port}/ (UWS: /uws/{{task}}, tasks {', '.join(tasks.names()) or 'none'} "
           f"from {tasks.folder}; database {db.name} on {db.server.url}; Ctrl-C stops)", flush=True)

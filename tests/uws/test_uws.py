@@ -51,6 +51,11 @@ def test_authentication_and_owners(serve, users, uws_db):
     r = requests.get(f"{base}/uws/sleeper", auth=(users["bob"][0], "wrong password"))
     assert r.status_code == 401 and "wrong password" not in r.text
     alice, bob, admin = session(users["alice"]), session(users["bob"]), session(users["admin"])
+    # one login for the whole app: the dashboard behind the same CouchDB credentials
+    assert requests.get(f"{base}/").status_code == 401
+    r = alice.get(f"{base}/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert users["alice"][1] not in r.text
     loc = create(alice, base, "sleeper", seconds="1").headers["location"]
     jid = loc.rsplit("/", 1)[-1]
     assert loc == f"{base}/uws/sleeper/{jid}"

@@ -13,8 +13,6 @@ Every POST answers 303 to the resource, as the Recommendation asks.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as _dt
 import time
 import urllib.parse
@@ -222,18 +220,18 @@ class UwsService:
         return User(name=name, admin="_admin" in (ctx.get("roles") or []))
 
     def user(self, request: Request) -> User:
-        h = request.headers.get("authorization", "")
-        scheme, _, cred = h.partition(" ")
-        if scheme.lower() != "basic" or not cred:
+        """The request's user: found by :class:`~lrt.web.uws.auth.BasicAuth` (``lrt serve``),
+        else checked here (an app without that middleware)."""
+        from .auth import SCOPE_KEY, parse_basic
+
+        known = request.scope.get(SCOPE_KEY)
+        if isinstance(known, User):
+            return known
+        cred = parse_basic(request.headers.get("authorization", ""))
+        if cred is None:
             raise UwsError(401, "authentication required (HTTP basic, your CouchDB user)")
         try:
-            name, sep, password = base64.b64decode(cred.strip()).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            raise UwsError(401, "malformed basic credentials") from None
-        if not sep or not name:
-            raise UwsError(401, "malformed basic credentials")
-        try:
-            return self._check_user(name, password)
+            return self._check_user(*cred)
         except AuthError:
             raise UwsError(401, "authentication failed") from None
 
