@@ -14,8 +14,9 @@ with :func:`transitions_json`, so Python and CouchDB can never disagree.
     done, error, failed, cancelled --reset--> todo
 
 ``pending`` (a submitted job not yet asked to run) moves to ``todo`` or
-``staging`` on ``run``.  ``waiting`` (dependencies not yet met) and ``staging`` (inputs on tape) are
-never claimed; ``failed`` is quarantine: ``max_attempts`` used up.
+``staging`` on ``run``.  ``pending``, ``waiting`` (dependencies not yet met)
+and ``staging`` (inputs on tape) are never claimed; ``failed`` is
+quarantine: ``max_attempts`` used up.
 """
 from __future__ import annotations
 
