@@ -56,6 +56,7 @@ TOP_KEYS = {
     "after": "what the tokens wait for: {tokenset: NAME} | {id: TEMPLATE} | {ids: [...]}, "
              "with on: ok|any|notok (docs/tokens.md)",
     "inputs": "{from_parent: output|NAME}: a parent's outputs become the inputs",
+    "task": "a registered task (docs/tasks.md): every token's parameters are checked against it",
 }
 FILES_KEYS = ("list", "per_token", "group_by", "subbands", "one_observation")
 RETRY_KEYS = ("backoff", "payload_errors")
@@ -179,6 +180,8 @@ class TokenConfig:
     #: dependencies (lrt.deps.spec.AfterSpec) and parent-to-child inputs (InputsSpec)
     after: Any = None
     inputs: Any = None
+    #: the :class:`lrt.tasks.Task` named by ``task:`` (tokens are checked against it)
+    task: Any = None
     _ids_checked: bool = False
 
     # -- loading ------------------------------------------------------------------
@@ -467,6 +470,13 @@ class _Validator:
     def build(self, d: Dict[str, Any], base: Path, files_override: Optional[Union[str, Path]],
               default_name: Optional[str]) -> TokenConfig:
         self.unknown(d, list(TOP_KEYS))
+        task = self.task(d.get("task"), base) if "task" in d else None
+        if task is not None:  # the task gives type, command and sandbox unless the config does
+            d = dict(d)
+            d.setdefault("type", task.name)
+            d.setdefault("command", list(task.command))
+            if task.sandbox is not None:
+                d.setdefault("sandbox", {"path": str(task.sandbox)})
         if "type" not in d:
             raise self.fail("missing required key 'type' (the token type pilots claim)")
         ttype = d["type"]
@@ -594,7 +604,22 @@ class _Validator:
             max_attempts=max_attempts, retry={"backoff": backoff, "payload_errors": pe},
             timeout=timeout, expected_duration=expected, command=command, sandbox=sandbox,
             outputs=outputs, needs_staging=needs_staging, payload=dict(payload), files=files,
-            sweep=sweep, after=after, inputs=inputs)
+            sweep=sweep, after=after, inputs=inputs, task=task)
+
+    def task(self, name: Any, base: Path) -> Any:
+        """The task a config names: from ``$LRT_TASKS``, else ``tasks/`` beside the config."""
+        import os
+
+        from .tasks import TaskRegistry
+        from .tasks.definition import TaskNotFound
+
+        if not isinstance(name, str):
+            raise self.fail(f"task must name a task, not {name!r}", "task")
+        folder = os.environ.get("LRT_TASKS") or str(base / "tasks")
+        try:
+            return TaskRegistry(folder).get(name)
+        except TaskNotFound as exc:
+            raise self.fail(str(exc), "task") from None
 
     def name(self, k: Any, reserved: set, section: str) -> None:
         if not isinstance(k, str) or not _NAME_RE.match(k):

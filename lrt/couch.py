@@ -420,6 +420,36 @@ class Server:
     def session_info(self) -> JSON:
         return self.json("GET", "/_session")
 
+    def check_credentials(self, name: str, password: str) -> JSON:
+        """``GET /_session`` as ``name`` (basic auth on this request only): the ``userCtx``.
+
+        For services that act for their users (the UWS): the credentials are
+        checked and kept nowhere.  A separate connection pool of this server
+        object is used, its cookies dropped after each check, so nothing of the
+        user's login can leak into this client's own requests.  Raises
+        :class:`Unauthorized` for a wrong password; never retried (retried wrong
+        passwords help lock an account on Apache CouchDB).  Not thread-safe:
+        one server object per thread, as everywhere in lrt.
+        """
+        chk = getattr(self, "_check_session", None)
+        if chk is None:
+            chk = self._check_session = requests.Session()
+            chk.verify = self.session.verify
+            chk.trust_env = False
+            chk.headers.update({"Accept": "application/json", "User-Agent": "lrt (python-requests)"})
+        try:
+            resp = chk.get(self.url + "/_session", auth=requests.auth.HTTPBasicAuth(name, password),
+                           timeout=self.timeout)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise CouchConnectionError(f"cannot reach CouchDB at {self.url} "
+                                       f"({type(exc).__name__})") from None
+        finally:
+            chk.cookies.clear()
+        self.requests_sent += 1
+        if resp.status_code >= 400:
+            raise self._error(resp, "GET", "/_session")
+        return (self.decode(resp, "GET", "/_session") or {}).get("userCtx") or {}
+
     def all_dbs(self) -> List[str]:
         return self.json("GET", "/_all_dbs")
 
@@ -562,6 +592,38 @@ class Database:
             return {"_id": doc_id, "_deleted": True}
         doc = self.server.decode(resp, "GET", doc_id)
         return None if isinstance(doc, dict) and doc.get("_rev") == rev else doc
+
+    def update_seq(self) -> Any:
+        """The database's current update sequence (opaque: pass it back as ``since``)."""
+        return self.info().get("update_seq")
+
+    def wait_for_change(self, doc_ids: Sequence[str], since: Any, timeout: float) -> Optional[Any]:
+        """Block until one of ``doc_ids`` changes after ``since``, at most ``timeout`` s.
+
+        One ``_changes?feed=longpoll&filter=_doc_ids`` request (the server answers
+        when a change arrives): the way to wait for a document without polling
+        it.  Returns the new ``last_seq``, or None when nothing changed in time.
+        ``Accept-Encoding: identity`` because pouchdb-server holds back a gzip
+        feed; it also ignores ``timeout=``, so the client's read timeout ends
+        the wait there (CouchDB ends it itself, a little earlier).
+        """
+        timeout = max(0.0, float(timeout))
+        if timeout == 0:
+            return None
+        params = {"feed": "longpoll", "filter": "_doc_ids", "since": since,
+                  "timeout": int(timeout * 1000)}
+        t0 = time.monotonic()
+        try:
+            resp = self.server.request("POST", self._p("_changes"), params=params,
+                                       json_body={"doc_ids": list(doc_ids)},
+                                       headers={"Accept-Encoding": "identity"}, retry=False,
+                                       timeout=(self.server.timeout[0], timeout + 2.0))
+        except CouchConnectionError:
+            if time.monotonic() - t0 >= timeout:
+                return None  # the read timed out: no change in time
+            raise
+        body = self.server.decode(resp, "POST", "_changes")
+        return body.get("last_seq") if body.get("results") else None
 
     def put(self, doc: JSON, **params: Any) -> str:
         """Create or update ``doc`` (its ``_rev`` decides which); sets and returns the new rev."""

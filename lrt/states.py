@@ -13,8 +13,10 @@ with :func:`transitions_json`, so Python and CouchDB can never disagree.
                locked --> done | error | failed | cancelled
     done, error, failed, cancelled --reset--> todo
 
-``waiting`` (dependencies not yet met), ``blocked`` (a dependency that can
-never be met: lrt/deps) and ``staging`` (inputs on tape) are never claimed; ``failed`` is quarantine: ``max_attempts`` used up.
+``pending`` (a submitted job not yet asked to run) moves to ``todo`` or
+``staging`` on ``run``.  ``pending``, ``waiting`` (dependencies not yet met),
+``blocked`` (a dependency that can never be met: lrt/deps) and ``staging``
+(inputs on tape) are never claimed; ``failed`` is quarantine: ``max_attempts`` used up.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class State(str, Enum):
     FAILED = "failed"        #: quarantined: ``max_attempts`` attempts failed
     CANCELLED = "cancelled"  #: cancelled by a user
     BLOCKED = "blocked"      #: a dependency can never be met (``blocked_by`` names it); never claimed
+    PENDING = "pending"      #: submitted, not released to run yet (a UWS job before PHASE=RUN)
 
     def __str__(self) -> str:
         return self.value
@@ -95,6 +98,13 @@ TRANSITIONS[State.BLOCKED] = {
 for _s in (State.DONE, State.ERROR, State.FAILED, State.CANCELLED):
     TRANSITIONS[_s][State.WAITING] = "reset with its parents (--cascade)"
 # -- end of dependencies ----------------------------------------------------------------
+
+# pending (lrt.tasks, UWS): a job waits for its owner's PHASE=RUN; never claimed
+TRANSITIONS[State.PENDING] = {
+    State.TODO: "run",
+    State.STAGING: "run, inputs on tape",
+    State.CANCELLED: "cancel",
+}
 
 #: number of past attempts kept on a token (oldest dropped first)
 HISTORY_LIMIT = 20

@@ -135,6 +135,8 @@ def new_token(cfg: TokenConfig, item: Item, now: Optional[float] = None, share: 
         from .deps.create import dependency_fields
 
         doc.update(dependency_fields(cfg, item))
+    if cfg.task is not None:
+        doc["task"] = cfg.task.ref
     if item.chunk is not None:
         # inline attachment: the token and its link slice are one write, in the same batch
         data = base64.b64encode(item.chunk.srm_txt().encode()).decode()
@@ -199,8 +201,27 @@ class TokenSet:
         bad config never leaves half a token set behind.
         """
         if self._count is None:
+            self._check_task()
             self._count = self.config.check_ids()
         return self._count
+
+    def _check_task(self) -> None:
+        """A config naming a task: every token's parameters against the task's types."""
+        task = self.config.task
+        if task is None:
+            return
+        from .errors import ConfigError
+        from .tasks import ParameterError
+
+        fixed = {"type", "tokenset", "index", "obsid", "sb_start", "sb_end", "missing", "chunk",
+                 "first_line"}
+        for item in self.config.items():
+            params = {k: v for k, v in item.payload.items() if k not in fixed or k in task.parameters}
+            try:
+                task.check(params, partial=item.chunk is not None)
+            except ParameterError as exc:
+                raise ConfigError(f"token #{item.index} ({item.id}): {exc}",
+                                  path=self.config.path) from None
 
     def __len__(self) -> int:
         return len(self.config)

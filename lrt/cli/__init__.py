@@ -20,7 +20,8 @@ from .. import __version__
 from ..errors import LrtError
 
 #: subcommand modules, in help order; a module that is missing is skipped
-MODULES = ("server", "tokens", "pilot", "sandbox", "stage", "launch", "why", "monitor", "dashboard")
+MODULES = ("server", "tokens", "pilot", "sandbox", "stage", "launch", "why", "monitor", "dashboard",
+           "task", "uws")
 
 
 class Context:
