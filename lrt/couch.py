@@ -414,7 +414,9 @@ class Server:
         grace period well above that (see docs/design.md).
         """
         if self.clock_offset is None:
-            self.request("HEAD", "/")
+            # any answer carries a Date header; not HEAD /, which makes pouchdb-server
+            # rewrite its config file world-readable (docs/server.md)
+            self.request("GET", "/_session")
         return time.time() + (self.clock_offset or 0.0)
 
     def session_info(self) -> JSON:

@@ -846,10 +846,6 @@ def expired_leases(db: Database, grace: float, limit: int = 500) -> List[JSON]:
     Uses the server clock (from the last response's ``Date``); the reap handler
     checks again on the server, so a skewed estimate here only costs a request.
     """
-    if db.server.clock_offset is None:
-        # prime the server-clock estimate with a database request: Server.now() would send
-        # HEAD /, which makes pouchdb-server rewrite its config file world-readable
-        db.exists()
     # the Date header has one-second resolution (and truncates): look one second further
     now = db.server.now() + 1.0
     return db.view(MONITOR_DDOC, "locked", endkey=now - grace, limit=limit).get("rows", [])
