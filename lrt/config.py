@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-import yaml
-
 from .errors import ConfigError
 from .staging.srmlist import (Chunk, Link, SrmListError, SubbandIndex, build_index,
                               group_by_lines, group_by_subband, line_ranges, parse_link,
@@ -86,6 +84,8 @@ class _Lines:
     def __call__(self, *path: str) -> Optional[int]:
         if self._map is None:
             self._map = {}
+            import yaml
+
             try:
                 node = yaml.compose(self.text, Loader=yaml.SafeLoader)
             except yaml.YAMLError:
@@ -99,6 +99,8 @@ class _Lines:
         return None
 
     def _walk(self, node: Any, prefix: Tuple[str, ...]) -> None:
+        import yaml
+
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 key = prefix + (str(k.value),)
@@ -108,6 +110,8 @@ class _Lines:
 
 def _duplicate_keys(text: str) -> Optional[Tuple[str, int]]:
     """PyYAML keeps the last of two equal keys silently; we refuse them."""
+    import yaml
+
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
@@ -194,6 +198,8 @@ class TokenConfig:
                   files: Optional[Union[str, Path]] = None,
                   default_name: Optional[str] = None) -> "TokenConfig":
         """Validate config ``text``; relative file lists resolve against ``base_dir``."""
+        import yaml  # here, not at import: `lrt status` and friends never parse YAML
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -205,6 +205,21 @@ class Server:
     def __repr__(self) -> str:
         return f"<Server {self.url} user={self.user!r}>"
 
+    def clone(self) -> "Server":
+        """The same server, credentials and policy with a session of its own.
+
+        For another thread: a ``requests.Session`` is not made to be shared
+        between threads (bulk creation writes from several at once).
+        """
+        basic = self._basic
+        adapter = self.session.get_adapter(self.url)
+        twin = Server(self.url, self.user, basic.password if basic else None, verify=self.session.verify,
+                      timeout=self.timeout, retries=self.retries, backoff=self.backoff,
+                      max_backoff=self.max_backoff, cookie_auth=self.auth_mode != "basic",
+                      pool_size=getattr(adapter, "_pool_maxsize", 10))
+        twin.clock_offset = self.clock_offset
+        return twin
+
     def close(self) -> None:
         self.session.close()
 

@@ -25,8 +25,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-import requests
-
 from .errors import LrtError
 
 POUCHDB_SERVER_VERSION = "4.2.0"
@@ -152,6 +150,8 @@ class LocalServer:
         raise ServerSetupError(f"local server not ready after {timeout:.0f}s; see {base}/server.out")
 
     def ready(self) -> bool:
+        import requests  # here: `lrt server stop/status` start faster without it
+
         try:
             r = requests.get(self.url + "/_session", auth=(self.user, self.password), timeout=1)
             return r.ok and "_admin" in r.json().get("userCtx", {}).get("roles", [])

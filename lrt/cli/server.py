@@ -1,11 +1,13 @@
-"""``lrt server start|stop|status`` and ``lrt views install``."""
+"""``lrt server start|stop|status`` and ``lrt views install``.
+
+Imports of lrt.server (requests) and lrt.design happen in the commands, so that
+registering them costs nothing for every other command.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 
-from .. import design
-from ..server import LocalServer, running
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_start(ctx) -> int:
+    from ..server import LocalServer
+
     srv = LocalServer.start(port=ctx.args.port)
     ctx.out(f"local server running at {srv.url} (pid {srv.pid}, data in {srv.base}/data)")
     ctx.out(f"admin user {srv.user!r}; password in {srv.base}/state.json (mode 0600)")
@@ -34,6 +38,8 @@ def cmd_start(ctx) -> int:
 
 
 def cmd_stop(ctx) -> int:
+    from ..server import LocalServer
+
     srv = LocalServer.load()
     if srv is None or not srv.stop():
         ctx.out("local server was not running")
@@ -43,6 +49,8 @@ def cmd_stop(ctx) -> int:
 
 
 def cmd_status(ctx) -> int:
+    from ..server import running
+
     srv = running()
     if ctx.args.json:
         ctx.out(json.dumps({"running": srv is not None, "url": srv.url if srv else None,
@@ -55,6 +63,8 @@ def cmd_status(ctx) -> int:
 
 
 def cmd_views_install(ctx) -> int:
+    from .. import design
+
     db = ctx.db
     for name, what in design.ensure(db).items():
         ctx.out(f"created database {db.name}" if name == "database" else f"_design/{name}: {what}")
