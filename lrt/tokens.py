@@ -210,7 +210,8 @@ class CreateInterrupted(LrtError):
 
     exit_code = 130
 
-    def __init__(self, result: CreateResult, in_flight: int, total: int, signum: Optional[int] = None):
+    def __init__(self, result: CreateResult, in_flight: int, total: Optional[int],
+                 signum: Optional[int] = None):
         self.result, self.in_flight, self.total, self.signum = result, in_flight, total, signum
         if signum is not None:
             self.exit_code = 128 + signum
@@ -218,7 +219,7 @@ class CreateInterrupted(LrtError):
         msg = f"interrupted: {result.created} token(s) created"
         if result.present:
             msg += f", {result.present} already present"
-        msg += f" ({done} of {total} done"
+        msg += f" ({done}" + (f" of {total}" if total is not None else "") + " done"
         if in_flight:
             msg += f"; {in_flight} more were being written and may be there"
         msg += "). Run the same command again to create the rest: it skips what exists"

@@ -120,15 +120,26 @@ def _differences(res, update: bool, dry_run: bool) -> List[str]:
 
 
 def cmd_create(ctx) -> int:
-    from ..tokens import TokenSet
-
     a = ctx.args
     if a.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if a.concurrency is not None and a.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    total: List[Optional[int]] = [None]
+    try:
+        return _create(ctx, total)
+    except KeyboardInterrupt as exc:  # before the first batch (config, database, design)
+        from ..tokens import CreateInterrupted, CreateResult
+
+        raise CreateInterrupted(CreateResult(), 0, total[0], getattr(exc, "signum", None)) from None
+
+
+def _create(ctx, total: List[Optional[int]]) -> int:
+    from ..tokens import TokenSet
+
+    a = ctx.args
     ts = TokenSet.from_config(a.config, files=a.files)
-    n = ts.validate()  # before anything touches the server
+    n = total[0] = ts.validate()  # before anything touches the server
     db = ctx.db
     if a.dry_run:
         exists = db.exists()
