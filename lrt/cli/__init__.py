@@ -157,6 +157,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     ctx = Context(args)
+    _LeanRequests.install()
     old_term = _stop_on_sigterm()
     try:
         return int(func(ctx) or 0)
@@ -176,6 +177,59 @@ def main(argv: Optional[List[str]] = None) -> int:
             import signal
 
             signal.signal(signal.SIGTERM, old_term)
+
+
+class _LeanRequests:
+    """Import ``requests`` without a character-set detector, if and when this process imports it.
+
+    ``requests`` imports chardet or charset_normalizer at once (about 5 ms of a
+    pilot's start-up) only to guess the encoding of a reply that names none, for
+    ``Response.text``.  lrt reads JSON (UTF-8 by RFC 8259) and bytes; without a
+    detector requests falls back to UTF-8, which is right for CouchDB.  Only the
+    ``lrt`` command does this (the process is ours; a program importing lrt gets
+    requests as usual), only when something imports requests (a meta path
+    finder that removes itself at once), and the blocking is undone right after,
+    so a later ``import charset_normalizer`` works.
+    """
+
+    def __init__(self, loader: Any):
+        self.loader = loader
+
+    @classmethod
+    def install(cls) -> None:
+        if "requests" not in sys.modules and cls not in sys.meta_path:
+            sys.meta_path.insert(0, cls)  # type: ignore[arg-type]
+
+    @classmethod
+    def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "requests":
+            return None
+        sys.meta_path.remove(cls)  # type: ignore[arg-type]
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = cls(spec.loader)  # the real spec; its loader runs under the block
+        return spec
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        import warnings
+
+        blocked = [m for m in ("chardet", "charset_normalizer") if m not in sys.modules]
+        for m in blocked:
+            sys.modules[m] = None  # type: ignore[assignment]  # their import fails: requests goes without
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # RequestsDependencyWarning: no detector, on purpose
+                self.loader.exec_module(module)
+        finally:
+            for m in blocked:
+                if m in sys.modules and sys.modules[m] is None:
+                    del sys.modules[m]
+            module.__loader__ = module.__spec__.loader = self.loader  # as if we were never here
 
 
 def _stop_on_sigterm() -> Any:

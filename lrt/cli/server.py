@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("server", help="manage the embedded local CouchDB-API server")
     ss = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     s = ss.add_parser("start", help="install (first time) and start it; print its URL")
-    s.add_argument("--port", type=int, help="port on 127.0.0.1 (default 5985, else a free one)")
+    s.add_argument("--port", type=int, help="port on 127.0.0.1 (default: the last one, else 5985; a free one when it is taken)")
     s.set_defaults(func=cmd_start)
     s = ss.add_parser("stop", help="stop it")
     s.set_defaults(func=cmd_stop)
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_start(ctx) -> int:
     from ..server import LocalServer
 
-    srv = LocalServer.start(port=ctx.args.port)
+    srv = LocalServer.start(port=ctx.args.port, strict_port=ctx.args.port is not None)
     ctx.out(f"local server running at {srv.url} (pid {srv.pid}, data in {srv.base}/data)")
     ctx.out(f"admin user {srv.user!r}; password in {srv.base}/state.json (mode 0600)")
     return 0
