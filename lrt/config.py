@@ -69,6 +69,21 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _ID_BAD = re.compile(r"[\x00-\x1f\x7f]")
 
 
+#: bad file-list lines whose reason one error message shows (the count is always complete)
+MAX_BAD_LINES = 20
+
+
+def bad_lines_message(bad: Mapping[int, str], cap: int = MAX_BAD_LINES) -> str:
+    """Every bad line with its reason in one message (up to ``cap``, then a count),
+    so a file list is fixed in one go, not one error at a time."""
+    nums = sorted(bad)
+    out = [f"{len(nums)} bad link(s) on line(s) {line_ranges(nums)}:"]
+    out += [f"  line {n}: {bad[n]}" for n in nums[:cap]]
+    if len(nums) > cap:
+        out.append(f"  ... and {len(nums) - cap} more")
+    return "\n".join(out)
+
+
 def _suggest(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -254,9 +269,7 @@ class TokenConfig:
                 bad.setdefault(n, why)
             index = None
         if bad:
-            nums = sorted(bad)
-            raise ConfigError(f"{len(nums)} bad link(s) on line(s) {line_ranges(nums)}; "
-                              f"first: line {nums[0]}: {bad[nums[0]]}", path=str(f.list))
+            raise ConfigError(bad_lines_message(bad), path=str(f.list))
         if links_n == 0:
             raise ConfigError("file list holds no links", path=str(f.list))
         f.entries = links_n
