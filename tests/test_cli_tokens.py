@@ -130,7 +130,9 @@ def test_bad_config_exit_code_and_nothing_written(cli, server, tmp_path):
     r = cli("create", str(bad))
     assert r.returncode == 2
     assert "links.txt" in r.stderr and "line(s) 2, 4" in r.stderr
-    assert r.stderr.count("\n") == 1  # one line, no traceback
+    # one message, no traceback: the summary and each bad line with its reason
+    assert r.stderr.count("\n") == 3 and "Traceback" not in r.stderr
+    assert "  line 2: " in r.stderr and "  line 4: unsupported scheme ftp" in r.stderr
     assert not server.database(cli.dbname).exists()
     r = cli("create", "configs/nowhere.yaml")
     assert r.returncode == 2 and "token config not found" in r.stderr
@@ -156,6 +158,35 @@ def test_wrong_password_is_clear_and_secret_free(cli, server):
         assert "CouchDB refused user" in r.stderr and "LRT_COUCH_PASSWORD" in r.stderr
         assert secret not in r.stdout + r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_wrong_password_from_a_file_names_the_file(cli, server, tmp_path):
+    """The hint names where the password came from, not a variable that is not set."""
+    assert cli("create", "configs/sweep_example.yaml").returncode == 0
+    pw = tmp_path / "pw"
+    pw.write_text("Wr0ng-Pa55w0rd-XYZ\n")
+    pw.chmod(0o600)
+    env = cli.couch.env(cli.dbname)
+    del env["LRT_COUCH_PASSWORD"]
+    env.update(PYTHONPATH=str(ROOT), LRT_COUCH_PASSWORD_FILE=str(pw))
+    r = subprocess.run(cli.cmd + ["status"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 4, r.stderr
+    assert f"the password file {pw} (LRT_COUCH_PASSWORD_FILE)" in r.stderr
+    assert "LRT_COUCH_PASSWORD " not in r.stderr and "LRT_COUCH_PASSWORD /" not in r.stderr
+    assert "Wr0ng" not in r.stderr and ": )" not in r.stderr
+
+
+def test_a_refused_connection_fails_at_once_in_one_line(cli):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on (bound, never listening)
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        for args in (["status"], ["create", "configs/sweep_example.yaml"]):
+            r = cli("--url", url, *args)
+            assert r.returncode == 1, r.stderr
+            assert r.stderr.strip().splitlines() == [
+                f"lrt: error: cannot reach CouchDB at {url} (ConnectionError) after 1 attempt(s)"]
 
 
 class _Tty:

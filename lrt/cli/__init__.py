@@ -43,7 +43,7 @@ class Context:
     @property
     def db(self) -> Any:
         if self._db is None:
-            self._db = self.settings.database()
+            self._db = self.settings.database(fail_fast=True)
         return self._db
 
     def out(self, text: str = "") -> None:
