@@ -232,3 +232,28 @@ def test_progress_bar_only_on_a_terminal(couch, server, monkeypatch, capsys, hav
         assert "/12 [" in tty.text and "tok/s" in tty.text  # a bar with the right total
     else:
         assert tty.text == ""
+
+
+def test_logs_point_at_the_other_stream_and_say_when_they_are_an_earlier_attempts(cli, server):
+    assert cli("create", "configs/sweep_example.yaml").returncode == 0
+    db = server.database(cli.dbname)
+    doc_id = sorted(r["id"] for r in db.all_docs()["rows"] if not r["id"].startswith("_design/"))[0]
+    doc = db.get(doc_id)
+    states.apply(doc, "locked")
+    states.apply(doc, "error")
+    doc["history"] = [{"attempt": 1, "state": "error", "end": "finish", "exit_code": 3}]
+    rev = db.put(doc)
+    db.put_attachment(doc_id, rev, "stderr.log", b"it went wrong\n", "text/plain")
+
+    r = cli("logs", doc_id)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (f"lrt: token {doc_id} has no stdout.log (state error); "
+                                f"it has a stderr.log: lrt logs --stderr {doc_id}")
+    r = cli("logs", "--stderr", doc_id)
+    assert r.returncode == 0 and r.stdout == "it went wrong\n" and r.stderr == ""
+
+    assert cli("reset", "--state", "error").returncode == 0
+    r = cli("logs", "--stderr", doc_id)
+    assert r.returncode == 0 and r.stdout == "it went wrong\n"
+    assert r.stderr.strip() == (f"lrt: note: token {doc_id} is todo now; these logs are from "
+                                "attempt #1, which ended error")
