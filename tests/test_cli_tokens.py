@@ -257,3 +257,24 @@ def test_logs_point_at_the_other_stream_and_say_when_they_are_an_earlier_attempt
     assert r.returncode == 0 and r.stdout == "it went wrong\n"
     assert r.stderr.strip() == (f"lrt: note: token {doc_id} is todo now; these logs are from "
                                 "attempt #1, which ended error")
+
+
+def test_create_reports_a_changed_config_and_update_rewrites_it(cli, server, tmp_path):
+    cfg = tmp_path / "six.yaml"
+    cfg.write_text("type: six\ntokenset: six\ncommand: [old.py]\nid: 'six_{i}'\nsweep: {i: {range: [0, 6]}}\n")
+    assert cli("create", str(cfg)).returncode == 0
+    cfg.write_text(cfg.read_text().replace("old.py", "new.py"))
+    r = cli("create", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"0 created, 6 already present (tokenset six, db {cli.dbname})",
+        "6 existing token(s) differ from the config in command: six_0, six_1, six_2, six_3, six_4, six_5",
+        "  they were left as they are; `lrt create --update CONFIG` rewrites those that have not started"]
+    r = cli("create", str(cfg), "--dry-run", "--json")
+    out = json.loads(r.stdout)
+    assert (out["created"], out["would_create"], out["present"], out["differ"], out["updated"]) == (0, 0, 6, 6, 6)
+    r = cli("create", str(cfg), "--update")
+    assert "  6 updated (--update rewrites todo, waiting and staging tokens)" in r.stdout.splitlines()
+    assert server.database(cli.dbname).get("six_4")["command"] == ["new.py"]
+    r = cli("create", str(cfg), "--update")
+    assert r.stdout.splitlines() == [f"0 created, 6 already present (tokenset six, db {cli.dbname})"]
