@@ -318,3 +318,13 @@ def test_update_replaces_the_file_slice_and_keeps_logs(db, tmp_path):
     assert all("g.example.org" in i["url"] for i in doc["inputs"])
     assert set(doc["_attachments"]) == {"srm.txt", "stdout.log"}
     assert b"g.example.org" in db.get_attachment("f_0", "srm.txt")
+
+
+def test_default_concurrency_is_one_on_the_local_server(db):
+    """pouchdb-server (one Node.js process) is slowed down by concurrent streams."""
+    from lrt.tokens import default_concurrency
+
+    vendor = db.server.info().get("vendor", {}).get("name", "")
+    if "pouchdb" not in vendor.lower():
+        pytest.skip("the suite runs against another server")
+    assert default_concurrency(db) == 1
