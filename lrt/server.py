@@ -176,7 +176,7 @@ class LocalServer:
                 raise ServerSetupError(f"local server exited at start (status {proc.returncode}): "
                                        f"{_reason(text)}; details in {outp}")
             if srv.ready():
-                _settle_config(base / "config.json", password)
+                _settle_config(base / "config.json", password, srv.url)
                 srv.save()
                 return srv
             time.sleep(0.05)
@@ -237,16 +237,27 @@ class LocalServer:
             return None
 
 
-def _settle_config(path: Path, password: str, timeout: float = 10.0) -> None:
-    """Wait for pouchdb-server to replace the plain password by its hash, then make the file 0600.
+def _settle_config(path: Path, password: str, url: str = "", timeout: float = 30.0) -> None:
+    """Make pouchdb-server write config.json for the last time, then make it 0600.
 
-    The server rewrites config.json (world-readable) some time after it starts
-    answering; chmod before that rewrite would be undone.
+    The server rewrites config.json (world-readable) when it replaces the plain
+    password by its hash, some time after it starts answering, and again at the
+    first ``GET /``, which makes it store a server uuid.  So: ask ``GET /`` once,
+    wait until the file has the hash and the uuid, then chmod (before those
+    rewrites it would be undone).
     """
+    if url:
+        import requests
+
+        try:
+            requests.get(url + "/", timeout=5).close()
+        except requests.RequestException:
+            pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if password not in path.read_text():
+            text = path.read_text()
+            if password not in text and ('"uuid"' in text or not url):
                 break
         except OSError:
             pass
