@@ -555,7 +555,10 @@ class TokenSet:
                     if progress is not None:
                         progress(done, total)
             except KeyboardInterrupt as exc:
-                in_flight = pool.stop(stop_wait)
+                try:
+                    in_flight = pool.stop(stop_wait)
+                except KeyboardInterrupt:  # a second Ctrl-C: stop waiting, count them unknown
+                    in_flight = pool.busy
                 raise CreateInterrupted(res, in_flight, total, getattr(exc, "signum", None)) from None
         finally:
             pool.close()

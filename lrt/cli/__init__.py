@@ -144,6 +144,17 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    old_term = _stop_on_sigterm()
+    try:
+        return _main(argv)
+    finally:
+        if old_term is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     parser = build_parser(argv)
@@ -158,7 +169,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     ctx = Context(args)
     _LeanRequests.install()
-    old_term = _stop_on_sigterm()
     try:
         return int(func(ctx) or 0)
     except LrtError as exc:
@@ -172,11 +182,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 128 + getattr(exc, "signum", 2)
     except BrokenPipeError:
         return 0
-    finally:
-        if old_term is not None:
-            import signal
-
-            signal.signal(signal.SIGTERM, old_term)
 
 
 class _LeanRequests:
@@ -254,4 +259,11 @@ def _stop_on_sigterm() -> Any:
 
 
 def entry() -> None:
-    sys.exit(main())
+    try:
+        rc = main()
+    except KeyboardInterrupt:  # one that came between main's own handlers
+        rc = 130
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while exiting adds nothing
+    sys.exit(rc)

@@ -126,10 +126,12 @@ def cmd_create(ctx) -> int:
         raise UsageError("--batch-size must be at least 1")
     if a.concurrency is not None and a.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
-    total: List[Optional[int]] = [None]
+    total: List[Optional[int]] = [None, None]  # tokens in the set; 1 once writing began
     try:
         return _create(ctx, total)
     except KeyboardInterrupt as exc:  # before the first batch (config, database, design)
+        if total[1] is not None:
+            raise  # later: create reported what it wrote, or it is over already
         from ..tokens import CreateInterrupted, CreateResult
 
         raise CreateInterrupted(CreateResult(), 0, total[0], getattr(exc, "signum", None)) from None
@@ -159,6 +161,7 @@ def _create(ctx, total: List[Optional[int]]) -> int:
 
     design.ensure(db)
     progress, close = _progress_bar(n)
+    total[1] = 1
     try:
         res = ts.create(db, batch_size=a.batch_size, progress=progress, concurrency=a.concurrency,
                         update=a.update)
