@@ -240,26 +240,18 @@ def _batched(items: Iterable[Any], n: int) -> Iterator[List[Any]]:
 def default_concurrency(db: Database) -> int:
     """Batches :meth:`TokenSet.create` writes at once on ``db``'s server.
 
-    1 where more streams measurably slow creation down: the embedded
-    pouchdb-server (one Node.js process: 0.76x with 2 streams, 0.64x with 4), and
-    an Apache CouchDB on this host when the host has few cores (client and server
-    then compete for them: 0.85x and 0.72x on 2 cores).  4 for a CouchDB with cores
-    of its own, where one stream leaves it idle between batches (not measured
-    here).  Figures: docs/benchmarks.md.  One ``GET /``, only asked when the
-    caller does not say.
+    1 on the embedded pouchdb-server: one Node.js process, where more streams
+    only contend (measured 0.76x with 2, 0.64x with 4).  4 on Apache CouchDB,
+    which parses one request while it writes another (measured on a loaded
+    2-core machine: 1.48x the rate of one stream in the quietest run, less or
+    nothing when the machine's cores were busy).  Figures: docs/benchmarks.md.
+    One ``GET /``, only asked when the caller does not say.
     """
     try:
         vendor = str((db.server.info().get("vendor") or {}).get("name", ""))
     except LrtError:
         return 1
-    if "pouchdb" in vendor.lower():
-        return 1
-    import os
-    import urllib.parse
-
-    host = urllib.parse.urlsplit(db.server.url).hostname or ""
-    local = host in ("localhost", "::1") or host.startswith("127.")
-    return 1 if local and (os.cpu_count() or 1) < 8 else 4
+    return 1 if "pouchdb" in vendor.lower() else 4
 
 
 def _stored_docs(db: Database, ids: Sequence[str]) -> Dict[str, Dict[str, Any]]:

@@ -29,8 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="rewrite the definition (command, payload, ...) of existing tokens that differ "
                         "from the config, if they are todo, waiting or staging; history keeps a note")
     p.add_argument("--concurrency", type=int, metavar="N",
-                   help="batches written at once (default: 4 on a CouchDB of its own, 1 on the local "
-                        "server or a CouchDB sharing this host's few cores)")
+                   help="batches written at once (default: 4 on Apache CouchDB, 1 on the local server)")
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(func=cmd_create)
 
