@@ -18,7 +18,8 @@ all: test
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@# the build backend's notes (editable install) are warnings: not for a demo's screen
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
 venv: $(STAMP)

@@ -1,4 +1,4 @@
-"""Shim for tools that still call setup.py; the metadata lives in pyproject.toml."""
+"""The metadata lives in pyproject.toml, except the license (see the note there)."""
 from setuptools import setup
 
-setup()
+setup(license="Apache-2.0")

@@ -2,27 +2,35 @@
 """Bulk token creation: lrt's TokenSet.create against raw _bulk_docs, and its memory.
 
 1. Throughput: the same N token documents written (a) raw, pre-built in memory, one
-   ``_bulk_docs`` per batch, and (b) by ``TokenSet.from_config(...).create(db)``
-   (validation pass, id-collision check, generation, existence checks, writes).
-   Each run gets a fresh database on the same server; runs go raw, lrt, lrt, raw so
-   that the server's drift (it slows down as its memory grows) hits both alike.
-   Prints tokens/s of each and the ratio lrt/raw.
-2. Memory: peak RSS (VmHWM, see :func:`peak_rss_kb`) of a child process that runs ``TokenSet.create`` for
-   each size in --rss-sizes; flat means creation streams.
+   ``_bulk_docs`` stream (one batch at a time), and (b) by
+   ``TokenSet.from_config(...).create(db, concurrency=C)`` (validation pass,
+   id-collision check, generation, existence checks, writes) for each C in
+   --concurrency.  Each run gets a fresh database on the same server; the runs go
+   raw, lrt C..., lrt ...C, raw so that the server's drift hits all alike.  Prints
+   tokens/s of each and the ratio lrt/raw.
+2. Memory: peak RSS (VmHWM, see :func:`peak_rss_kb`) of a child process that runs
+   ``TokenSet.create`` (the default concurrency) for each size in --rss-sizes; flat
+   means creation streams.
+3. Interrupts (--interrupts K): K runs of ``lrt create`` (a subprocess) get SIGINT
+   at a random moment; prints the time from the signal to the exit (the promise:
+   within 2 s) and checks that a re-run completes the set.
 
 Starts its own local server in a temporary folder unless LRT_COUCH_URL is set (then
 LRT_COUCH_USER / LRT_COUCH_PASSWORD[_FILE] are used, and databases named
 ``lrt_bench_create_*`` are created and deleted there).
 
     python3 bench/create.py                 # N = 100000
-    python3 bench/create.py --n 20000 --rss-sizes 10000,20000
+    python3 bench/create.py --n 10000 --rss-sizes 1000,10000 --concurrency 1,2,4 --interrupts 10
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import random
 import resource
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -83,12 +91,13 @@ def run_raw(server: Server, docs: List[Dict[str, Any]], batch: int, tag: str) ->
         db.delete()
 
 
-def run_lrt(server: Server, cfg: Path, n: int, batch: int, tag: str) -> Dict[str, float]:
+def run_lrt(server: Server, cfg: Path, n: int, batch: int, tag: str,
+            concurrency: Optional[int] = None) -> Dict[str, float]:
     db = fresh_db(server, tag)
     try:
         req0 = server.requests_sent
         t0 = time.perf_counter()
-        res = TokenSet.from_config(cfg).create(db, batch_size=batch)
+        res = TokenSet.from_config(cfg).create(db, batch_size=batch, concurrency=concurrency)
         dt = time.perf_counter() - t0
         assert (res.created, res.failed) == (n, 0), res
         return {"seconds": dt, "rate": n / dt, "requests": server.requests_sent - req0}
@@ -148,6 +157,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--batch-size", type=int, default=1000)
     ap.add_argument("--rss-sizes", default="10000,100000", help="comma-separated sizes for RSS runs")
     ap.add_argument("--no-throughput", action="store_true", help="only the memory runs")
+    ap.add_argument("--concurrency", default="1,2,4",
+                    help="comma-separated concurrencies of TokenSet.create to measure")
+    ap.add_argument("--interrupts", type=int, default=0, metavar="K",
+                    help="also measure K interrupted `lrt create` runs")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--materialize", action="store_true", help=argparse.SUPPRESS)
@@ -166,20 +179,27 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not a.no_throughput:
                 cfg = write_config(tmp, a.n)
                 docs = list(TokenSet.from_config(cfg))  # the very documents lrt writes
-                runs: Dict[str, List[Dict[str, float]]] = {"raw": [], "lrt": []}
-                for i, kind in enumerate(("raw", "lrt", "lrt", "raw")):
+                from lrt.tokens import default_concurrency
+
+                conc = [int(x) for x in a.concurrency.split(",") if x]
+                chosen = default_concurrency(server.database("_users"))
+                runs: Dict[str, List[Dict[str, float]]] = {"raw": []}
+                order = ["raw"] + [f"c{c}" for c in conc] + [f"c{c}" for c in reversed(conc)] + ["raw"]
+                for i, kind in enumerate(order):
                     if kind == "raw":
                         r = run_raw(server, docs, a.batch_size, f"raw{i}")
                     else:
-                        r = run_lrt(server, cfg, a.n, a.batch_size, f"lrt{i}")
-                    runs[kind].append(r)
+                        r = run_lrt(server, cfg, a.n, a.batch_size, f"lrt{i}", int(kind[1:]))
+                    runs.setdefault(kind, []).append(r)
                     print(f"  {kind:3s} run {i + 1}: {a.n} tokens in {r['seconds']:.1f} s = "
                           f"{r['rate']:.0f} tokens/s ({r['requests']} requests)")
                 del docs
                 raw = sum(r["rate"] for r in runs["raw"]) / 2
-                lrt = sum(r["rate"] for r in runs["lrt"]) / 2
-                print(f"throughput at N={a.n}: raw _bulk_docs {raw:.0f} tokens/s, "
-                      f"lrt TokenSet.create {lrt:.0f} tokens/s, ratio {lrt / raw:.2f} (target >= 0.9)")
+                print(f"throughput at N={a.n}: raw _bulk_docs (one stream) {raw:.0f} tokens/s")
+                for c in conc:
+                    rate = sum(r["rate"] for r in runs[f"c{c}"]) / 2
+                    print(f"  TokenSet.create concurrency {c}: {rate:.0f} tokens/s, ratio {rate / raw:.2f}"
+                          + ("  <- default on this server" if c == chosen else ""))
 
             env = dict(os.environ, BENCH_URL=server.url, BENCH_USER=server.user or "",
                        BENCH_PASSWORD=password, PYTHONPATH=str(ROOT))
@@ -199,7 +219,44 @@ def main(argv: Optional[List[str]] = None) -> int:
                 else:
                     print(f"  contrast: holding the same {m} documents in a list: peak RSS "
                           f"{r['maxrss_kb'] / 1024:.1f} MiB (before: {r['rss_before_kb'] / 1024:.1f} MiB)")
+            if a.interrupts:
+                interrupts(server, server_env, tmp, a.n, a.batch_size, a.interrupts)
     return 0
+
+
+def interrupts(server: Server, env: Dict[str, str], tmp: Path, n: int, batch: int, k: int) -> None:
+    """K `lrt create` runs, SIGINT at a random moment of each; time from signal to exit."""
+    cfg = write_config(tmp, n)
+    argv = [sys.executable, "-m", "lrt.cli", "create", str(cfg), "--batch-size", str(batch)]
+    db = server.database(f"lrt_bench_create_int_{os.getpid()}")
+    db.delete()
+    t0 = time.perf_counter()
+    subprocess.run(argv, env=dict(env, LRT_COUCH_DB=db.name), check=True, capture_output=True, cwd=ROOT)
+    full = time.perf_counter() - t0
+    db.delete()
+    rng = random.Random(1)
+    took: List[float] = []
+    reported = 0
+    for i in range(k):
+        db.delete()
+        denv = dict(env, LRT_COUCH_DB=db.name)
+        # SIGINT at its default, so the child's Python makes KeyboardInterrupt of it even when
+        # this bench runs in the background (where the shell ignores SIGINT for it)
+        p = subprocess.Popen(argv, env=denv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        time.sleep(rng.uniform(0.3, full * 0.9))
+        p.send_signal(signal.SIGINT)
+        ts = time.perf_counter()
+        _out, err = p.communicate()
+        took.append(time.perf_counter() - ts)
+        reported += b"Run the same command again" in err
+        again = subprocess.run(argv, env=denv, capture_output=True, text=True, cwd=ROOT)
+        assert again.returncode == 0 and db.info()["doc_count"] == n + 2, again.stdout + again.stderr
+    db.delete()
+    print(f"interrupts: {k} runs of `lrt create` ({n} tokens, {full:.1f} s uninterrupted), SIGINT at "
+          f"random moments: exit {statistics.median(took):.2f} s median, {max(took):.2f} s max after "
+          f"the signal; {reported} reported counts and the re-run (the others had finished); every "
+          "re-run completed the set")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-import yaml
-
 from .errors import ConfigError
 from .staging.srmlist import (Chunk, Link, SrmListError, SubbandIndex, build_index,
                               group_by_lines, group_by_subband, line_ranges, parse_link,
@@ -75,6 +73,21 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _ID_BAD = re.compile(r"[\x00-\x1f\x7f]")
 
 
+#: bad file-list lines whose reason one error message shows (the count is always complete)
+MAX_BAD_LINES = 20
+
+
+def bad_lines_message(bad: Mapping[int, str], cap: int = MAX_BAD_LINES) -> str:
+    """Every bad line with its reason in one message (up to ``cap``, then a count),
+    so a file list is fixed in one go, not one error at a time."""
+    nums = sorted(bad)
+    out = [f"{len(nums)} bad link(s) on line(s) {line_ranges(nums)}:"]
+    out += [f"  line {n}: {bad[n]}" for n in nums[:cap]]
+    if len(nums) > cap:
+        out.append(f"  ... and {len(nums) - cap} more")
+    return "\n".join(out)
+
+
 def _suggest(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -90,6 +103,8 @@ class _Lines:
     def __call__(self, *path: str) -> Optional[int]:
         if self._map is None:
             self._map = {}
+            import yaml
+
             try:
                 node = yaml.compose(self.text, Loader=yaml.SafeLoader)
             except yaml.YAMLError:
@@ -103,6 +118,8 @@ class _Lines:
         return None
 
     def _walk(self, node: Any, prefix: Tuple[str, ...]) -> None:
+        import yaml
+
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 key = prefix + (str(k.value),)
@@ -112,6 +129,8 @@ class _Lines:
 
 def _duplicate_keys(text: str) -> Optional[Tuple[str, int]]:
     """PyYAML keeps the last of two equal keys silently; we refuse them."""
+    import yaml
+
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
@@ -203,6 +222,8 @@ class TokenConfig:
                   files: Optional[Union[str, Path]] = None,
                   default_name: Optional[str] = None) -> "TokenConfig":
         """Validate config ``text``; relative file lists resolve against ``base_dir``."""
+        import yaml  # here, not at import: `lrt status` and friends never parse YAML
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -257,9 +278,7 @@ class TokenConfig:
                 bad.setdefault(n, why)
             index = None
         if bad:
-            nums = sorted(bad)
-            raise ConfigError(f"{len(nums)} bad link(s) on line(s) {line_ranges(nums)}; "
-                              f"first: line {nums[0]}: {bad[nums[0]]}", path=str(f.list))
+            raise ConfigError(bad_lines_message(bad), path=str(f.list))
         if links_n == 0:
             raise ConfigError("file list holds no links", path=str(f.list))
         f.entries = links_n

@@ -168,7 +168,7 @@ class Server:
     def __init__(self, url: str, user: Optional[str] = None, password: Optional[str] = None, *,
                  verify: Union[bool, str] = True, timeout: Tuple[float, float] = (10.0, 120.0),
                  retries: int = 6, backoff: float = 0.25, max_backoff: float = 30.0,
-                 pool_size: int = 10, cookie_auth: bool = False):
+                 pool_size: int = 10, cookie_auth: bool = False, fail_fast: bool = False):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise LrtError(f"not a CouchDB URL (want http[s]://host:port): {redact_url(url)}")
@@ -205,9 +205,33 @@ class Server:
         #: server clock minus local clock in seconds (Date headers, refined by handler times)
         self.clock_offset: Optional[float] = None
         self._fine_offset: Optional[float] = None
+        #: until the server has answered once, connection errors are not retried: a person
+        #: at a terminal learns at once that the URL is wrong or the server down (the CLI;
+        #: pilots keep their patience)
+        self.fail_fast = fail_fast
+        self._answered = False
+        #: where the credentials came from, named in an authentication error (lrt.settings sets it)
+        self.credentials_from = "LRT_COUCH_USER / LRT_COUCH_PASSWORD (or your lrt config)"
 
     def __repr__(self) -> str:
         return f"<Server {self.url} user={self.user!r}>"
+
+    def clone(self) -> "Server":
+        """The same server, credentials and policy with a session of its own.
+
+        For another thread: a ``requests.Session`` is not made to be shared
+        between threads (bulk creation writes from several at once).
+        """
+        basic = self._basic
+        adapter = self.session.get_adapter(self.url)
+        twin = Server(self.url, self.user, basic.password if basic else None, verify=self.session.verify,
+                      timeout=self.timeout, retries=self.retries, backoff=self.backoff,
+                      max_backoff=self.max_backoff, cookie_auth=self.auth_mode != "basic",
+                      fail_fast=self.fail_fast and not self._answered,
+                      pool_size=getattr(adapter, "_pool_maxsize", 10))
+        twin.clock_offset = self.clock_offset
+        twin.credentials_from = self.credentials_from
+        return twin
 
     def close(self) -> None:
         self.session.close()
@@ -249,13 +273,14 @@ class Server:
                 resp = self.session.request(method, url, params=enc, data=body, headers=hdrs,
                                             stream=stream, timeout=timeout or self.timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if replayable and attempt <= self.retries:
+                if replayable and attempt <= self.retries and (self._answered or not self.fail_fast):
                     self._sleep(attempt, None, f"{method} {path}: {type(exc).__name__}")
                     continue
                 raise CouchConnectionError(
                     f"cannot reach CouchDB at {self.url} ({type(exc).__name__}) "
                     f"after {attempt} attempt(s)") from None
             self._note_date(resp)
+            self._answered = True
             status = resp.status_code
             if (status >= 500 or status == 429) and replayable and attempt <= self.retries:
                 retry_after = resp.headers.get("Retry-After")
@@ -379,9 +404,9 @@ class Server:
         where = f"{method} {self.url}/{path.lstrip('/')}".split("?")[0]
         if status in (401, 403):
             who = f"user {self.user!r}" if self.user else "anonymous access"
-            msg = (f"CouchDB refused {who} ({status} {error or ''}: {reason or ''}) on {where}. "
-                   "Check LRT_COUCH_USER / LRT_COUCH_PASSWORD (or your lrt config) and that this "
-                   "user is a member of the database.")
+            why = f"{status} {error}: {reason}" if error or reason else str(status)
+            msg = (f"CouchDB refused {who} ({why}) on {where}. "
+                   f"Check {self.credentials_from} and that this user is a member of the database.")
             if reason and "locked" in str(reason).lower():
                 msg += " The account is locked after repeated failures: wait before retrying."
         else:

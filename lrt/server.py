@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -24,8 +25,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
-
-import requests
 
 from .errors import LrtError
 
@@ -111,8 +110,16 @@ class LocalServer:
     # -- lifecycle -----------------------------------------------------------------
     @classmethod
     def start(cls, base: Optional[Path] = None, port: Optional[int] = None,
-              memory: bool = False, timeout: float = 60.0) -> "LocalServer":
-        """Start a server whose files live in ``base``; wait until it answers as admin."""
+              memory: bool = False, timeout: float = 60.0, strict_port: bool = False,
+              attempts: int = 5) -> "LocalServer":
+        """Start a server whose files live in ``base``; wait until it answers as admin.
+
+        ``port`` is a preference: when it is taken -- also when another process
+        binds it between our check and the server's bind -- a fresh free port is
+        tried (up to ``attempts`` times), unless ``strict_port``.  A server that
+        cannot start raises :class:`ServerSetupError` with the reason in one line
+        (pouchdb-server's own stack trace stays in ``server.out``).
+        """
         base = Path(base) if base else lrt_home() / "server"
         existing = cls.load(base)
         if existing is not None and existing.alive():
@@ -122,10 +129,28 @@ class LocalServer:
         os.chmod(base, 0o700)
         (base / "data").mkdir(exist_ok=True)
         port = port or (existing.port if existing else None) or DEFAULT_PORT
-        if _port_busy(port):
-            port = free_port()
-        user = "admin"
         password = existing.password if existing else secrets.token_urlsafe(18)
+        for attempt in range(1, attempts + 1):
+            if _port_busy(port):
+                if strict_port:
+                    raise ServerSetupError(f"port {port} on 127.0.0.1 is in use by another process")
+                port = free_port()
+            try:
+                return cls._start_on(base, binp, port, password, memory, timeout)
+            except _PortTaken:
+                if strict_port:
+                    raise ServerSetupError(f"port {port} on 127.0.0.1 is in use by another process") from None
+                if attempt == attempts:
+                    raise ServerSetupError(f"local server could not bind a port after {attempts} tries "
+                                           f"(each was taken before it could listen)") from None
+                port = free_port()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @classmethod
+    def _start_on(cls, base: Path, binp: Path, port: int, password: str, memory: bool,
+                  timeout: float) -> "LocalServer":
+        """One start on ``port``: the running server, or :class:`_PortTaken` / :class:`ServerSetupError`."""
+        user = "admin"
         cfg = {"admins": {user: password},
                "log": {"file": str(base / "log.txt"), "level": "warning"}}
         _write_private(base / "config.json", json.dumps(cfg))
@@ -133,7 +158,9 @@ class LocalServer:
                 "-d", str(base / "data") + os.sep, "-c", str(base / "config.json"), "-n"]
         if memory:
             args.append("-m")
-        out = open(base / "server.out", "ab")
+        outp = base / "server.out"
+        out = open(outp, "ab")
+        offset = out.tell()
         proc = subprocess.Popen(args, cwd=str(base), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         out.close()
@@ -141,17 +168,25 @@ class LocalServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                tail = (base / "server.out").read_text(errors="replace")[-2000:]
-                raise ServerSetupError(f"local server exited at start:\n{tail}")
+                if not _can_bind(port):
+                    raise _PortTaken(port)
+                with open(outp, "rb") as fh:
+                    fh.seek(offset)
+                    text = fh.read().decode(errors="replace")
+                raise ServerSetupError(f"local server exited at start (status {proc.returncode}): "
+                                       f"{_reason(text)}; details in {outp}")
             if srv.ready():
-                _settle_config(base / "config.json", password)
+                _settle_config(base / "config.json", password, srv.url)
                 srv.save()
                 return srv
             time.sleep(0.05)
         proc.kill()
-        raise ServerSetupError(f"local server not ready after {timeout:.0f}s; see {base}/server.out")
+        proc.wait()
+        raise ServerSetupError(f"local server not ready after {timeout:.0f}s; see {outp}")
 
     def ready(self) -> bool:
+        import requests  # here: `lrt server stop/status` start faster without it
+
         try:
             r = requests.get(self.url + "/_session", auth=(self.user, self.password), timeout=1)
             return r.ok and "_admin" in r.json().get("userCtx", {}).get("roles", [])
@@ -202,21 +237,58 @@ class LocalServer:
             return None
 
 
-def _settle_config(path: Path, password: str, timeout: float = 10.0) -> None:
-    """Wait for pouchdb-server to replace the plain password by its hash, then make the file 0600.
+def _settle_config(path: Path, password: str, url: str = "", timeout: float = 30.0) -> None:
+    """Make pouchdb-server write config.json for the last time, then make it 0600.
 
-    The server rewrites config.json (world-readable) some time after it starts
-    answering; chmod before that rewrite would be undone.
+    The server rewrites config.json (world-readable) when it replaces the plain
+    password by its hash, some time after it starts answering, and again at the
+    first ``GET /``, which makes it store a server uuid.  So: ask ``GET /`` once,
+    wait until the file has the hash and the uuid, then chmod (before those
+    rewrites it would be undone).
     """
+    if url:
+        import requests
+
+        try:
+            requests.get(url + "/", timeout=5).close()
+        except requests.RequestException:
+            pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if password not in path.read_text():
+            text = path.read_text()
+            if password not in text and ('"uuid"' in text or not url):
                 break
         except OSError:
             pass
         time.sleep(0.05)
     os.chmod(path, 0o600)
+
+
+class _PortTaken(Exception):
+    """The server could not listen: another process has the port."""
+
+
+def _can_bind(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 can be bound now (False: another process has it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Node's listen does
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _reason(output: str) -> str:
+    """One line of what a failed start printed: its first error message, never a stack trace."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for ln in lines:
+        if re.match(r"^(\w*Error|Error)\b.*:", ln) or "EADDRINUSE" in ln or "EACCES" in ln:
+            return ln[:200]
+    text = [ln for ln in lines if not ln.startswith("at ") and not ln.startswith("^")
+            and not ln.startswith("Node.js v") and not ln.startswith("/")]
+    return (text[-1][:200] if text else "no output")
 
 
 def _port_busy(port: int) -> bool:

@@ -37,6 +37,9 @@ class Settings:
     db: str = DEFAULT_DB
     verify: Union[bool, str] = True
     source: str = "default"
+    #: where user and password came from, for the hint of an authentication error
+    #: (names a variable or a file, never the secret)
+    credentials_from: str = "LRT_COUCH_USER / LRT_COUCH_PASSWORD (or your lrt config)"
 
     def __repr__(self) -> str:
         pw = "***" if self.password else None
@@ -49,7 +52,9 @@ class Settings:
         if not self.url:
             raise LrtError("no CouchDB server configured: set LRT_COUCH_URL (or --url), "
                            "or start the local one with `lrt server start`")
-        return Server(self.url, self.user, self.password, verify=self.verify, **kw)
+        srv = Server(self.url, self.user, self.password, verify=self.verify, **kw)
+        srv.credentials_from = self.credentials_from
+        return srv
 
     def database(self, **kw: Any) -> "Any":
         return self.server(**kw).database(self.db)
@@ -126,10 +131,20 @@ def resolve(url: Optional[str] = None, user: Optional[str] = None, password: Opt
     s.user = user or env.get("LRT_COUCH_USER") or cfg.get("user")
     pw_file = password_file or env.get("LRT_COUCH_PASSWORD_FILE") or cfg.get("password_file")
     s.password = password or env.get("LRT_COUCH_PASSWORD")
+    who = ("the user given" if user else "LRT_COUCH_USER" if env.get("LRT_COUCH_USER")
+           else f"the user in {config_path()}" if cfg.get("user") else "no user")
+    if password is not None:
+        s.credentials_from = f"{who} and the password given"
+    elif s.password is not None:
+        s.credentials_from = f"{who} and LRT_COUCH_PASSWORD"
     if s.password is None and pw_file:
         s.password = read_private_file(pw_file, "password file").strip("\r\n")
-    if s.password is None:
+        via = ("--password-file" if password_file else "LRT_COUCH_PASSWORD_FILE"
+               if env.get("LRT_COUCH_PASSWORD_FILE") else f"password_file in {config_path()}")
+        s.credentials_from = f"{who} and the password file {pw_file} ({via})"
+    if s.password is None and cfg.get("password") is not None:
         s.password = cfg.get("password")
+        s.credentials_from = f"{who} and the password in {config_path()}"
     s.db = db or env.get("LRT_COUCH_DB") or cfg.get("db") or DEFAULT_DB
     ca = ca_bundle or env.get("LRT_CA_BUNDLE") or cfg.get("ca_bundle")
     if ca:
@@ -140,10 +155,12 @@ def resolve(url: Optional[str] = None, user: Optional[str] = None, password: Opt
         found = _netrc(s.url)
         if found:
             s.user, s.password = found
+            s.credentials_from = "~/.netrc"
     if not s.url and use_local:
         from .server import running
 
         local = running()
         if local is not None:
             s.url, s.user, s.password, s.source = local.url, local.user, local.password, "local server"
+            s.credentials_from = f"the local server's state file {local.base}/state.json"
     return s

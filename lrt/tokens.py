@@ -21,10 +21,13 @@ but tqdm only lazily, in the CLI.
 from __future__ import annotations
 
 import base64
+import queue
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import states
 from .config import Item, TokenConfig
@@ -144,22 +147,89 @@ def new_token(cfg: TokenConfig, item: Item, now: Optional[float] = None, share: 
     return doc
 
 
+#: the fields a token config defines: what ``lrt create`` compares with a stored token
+#: (and what ``--update`` rewrites); everything else is the token's life, never touched
+DEFINITION = ("type", "tokenset", "priority", "max_attempts", "retry", "expected_duration", "timeout",
+              "command", "sandbox", "payload", "inputs", "outputs", "needs_staging")
+#: states in which ``create --update`` rewrites a token's definition (nobody works on it)
+UPDATABLE: Tuple[State, ...] = (State.TODO, State.WAITING, State.STAGING)
+#: how many differing ids a result names (counts are always complete)
+MAX_IDS = 10
+
+
+def definition_diff(stored: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    """The :data:`DEFINITION` fields in which two token documents differ."""
+    return [k for k in DEFINITION if stored.get(k) != new.get(k)]
+
+
 @dataclass
 class CreateResult:
-    """Outcome of :meth:`TokenSet.create`: counts, and the first few error messages."""
+    """Outcome of :meth:`TokenSet.create`: counts, and the first few ids and error messages.
+
+    ``differ`` counts existing tokens whose stored definition is not the
+    config's (``differ_fields`` names the fields, ``differ_ids`` the first
+    ids); with ``update`` the ones nobody works on are rewritten (``updated``)
+    and the others are counted per state in ``kept``.
+    """
 
     created: int = 0
     present: int = 0
     failed: int = 0
     errors: Dict[str, str] = field(default_factory=dict)
+    differ: int = 0
+    differ_ids: List[str] = field(default_factory=list)
+    differ_fields: List[str] = field(default_factory=list)
+    updated: int = 0
+    kept: Dict[str, int] = field(default_factory=dict)
+    #: written by another process while we updated (left as it is; a re-run compares again)
+    changed_meanwhile: int = 0
+    #: dry run only: tokens that would be created
+    would_create: int = 0
 
     @property
     def total(self) -> int:
         return self.created + self.present + self.failed
 
+    def note_differ(self, doc_id: str, fields: Sequence[str]) -> None:
+        self.differ += 1
+        if len(self.differ_ids) < MAX_IDS:
+            self.differ_ids.append(doc_id)
+        for f in fields:
+            if f not in self.differ_fields:
+                self.differ_fields.append(f)
+
     def to_json(self) -> Dict[str, Any]:
         return {"created": self.created, "present": self.present, "failed": self.failed,
-                "errors": dict(self.errors)}
+                "errors": dict(self.errors), "differ": self.differ, "differ_ids": list(self.differ_ids),
+                "differ_fields": list(self.differ_fields), "updated": self.updated,
+                "kept": dict(self.kept), "changed_meanwhile": self.changed_meanwhile,
+                "would_create": self.would_create}
+
+
+class CreateInterrupted(LrtError):
+    """``create`` was interrupted (Ctrl-C, SIGTERM): what was written, and that a re-run completes it.
+
+    ``result`` counts what is known to be written; ``in_flight`` tokens were
+    being written when the interrupt came and may or may not be.  A re-run
+    of the same config writes exactly the missing ones (creation is idempotent).
+    """
+
+    exit_code = 130
+
+    def __init__(self, result: CreateResult, in_flight: int, total: Optional[int],
+                 signum: Optional[int] = None):
+        self.result, self.in_flight, self.total, self.signum = result, in_flight, total, signum
+        if signum is not None:
+            self.exit_code = 128 + signum
+        done = result.created + result.present
+        msg = f"interrupted: {result.created} token(s) created"
+        if result.present:
+            msg += f", {result.present} already present"
+        msg += f" ({done}" + (f" of {total}" if total is not None else "") + " done"
+        if in_flight:
+            msg += f"; {in_flight} more were being written and may be there"
+        msg += "). Run the same command again to create the rest: it skips what exists"
+        super().__init__(msg)
 
 
 def _batched(items: Iterable[Any], n: int) -> Iterator[List[Any]]:
@@ -171,6 +241,193 @@ def _batched(items: Iterable[Any], n: int) -> Iterator[List[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+def default_concurrency(db: Database) -> int:
+    """Batches :meth:`TokenSet.create` writes at once on ``db``'s server.
+
+    1 on the embedded pouchdb-server: one Node.js process, where more streams
+    only contend (measured 0.76x with 2, 0.64x with 4).  4 on Apache CouchDB,
+    which parses one request while it writes another (measured on a loaded
+    2-core machine: 1.48x the rate of one stream in the quietest run, less or
+    nothing when the machine's cores were busy).  Figures: docs/benchmarks.md.
+    One ``GET /``, only asked when the caller does not say.
+    """
+    try:
+        vendor = str((db.server.info().get("vendor") or {}).get("name", ""))
+    except LrtError:
+        return 1
+    return 1 if "pouchdb" in vendor.lower() else 4
+
+
+def _stored_docs(db: Database, ids: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """The existing (not deleted) documents among ``ids``."""
+    rows = db.all_docs(keys=list(ids), include_docs=True).get("rows", [])
+    return {r["id"]: r["doc"] for r in rows
+            if r.get("doc") and "error" not in r and not (r.get("value") or {}).get("deleted")}
+
+
+def _redefine(old: Dict[str, Any], new: Dict[str, Any], fields: Sequence[str], now: float) -> Dict[str, Any]:
+    """``old`` with the definition ``new`` gives (MVCC: written with ``old``'s ``_rev``).
+
+    The token's life (state, attempts, history, logs) is kept; a history entry
+    says what changed.  A new file-list slice replaces ``srm.txt``; the other
+    attachments stay (stubs).
+    """
+    doc = dict(old)
+    for k in fields:
+        doc[k] = new.get(k)
+    doc["updated"] = now
+    hist = list(doc.get("history") or [])
+    hist.append({"end": "update", "at": now, "state": doc.get("state"), "fields": list(fields),
+                 "by": "lrt create --update"})
+    doc["history"] = hist[-states.HISTORY_LIMIT:]
+    atts = dict(doc.get("_attachments") or {})
+    if "srm.txt" in (new.get("_attachments") or {}):
+        atts["srm.txt"] = new["_attachments"]["srm.txt"]
+    elif "inputs" in fields:
+        atts.pop("srm.txt", None)
+    if atts:
+        doc["_attachments"] = atts
+    else:
+        doc.pop("_attachments", None)
+    return doc
+
+
+def _compare(db: Database, stored: Dict[str, Dict[str, Any]], mine: Dict[str, Dict[str, Any]],
+             res: CreateResult, lock: threading.Lock, update: bool) -> None:
+    """Count (and with ``update`` rewrite) the existing tokens whose definition differs."""
+    now = time.time()
+    rewrite: List[Dict[str, Any]] = []
+    updatable = {s.value for s in UPDATABLE}
+    for doc_id, old in stored.items():
+        new = mine[doc_id]
+        fields = definition_diff(old, new)
+        if not fields:
+            continue
+        with lock:
+            res.note_differ(doc_id, fields)
+        if not update:
+            continue
+        state = str(old.get("state"))
+        if state not in updatable or (state == State.STAGING.value and "inputs" in fields):
+            with lock:
+                res.kept[state] = res.kept.get(state, 0) + 1
+            continue
+        rewrite.append(_redefine(old, new, fields, now))
+    if not rewrite:
+        return
+    out = db.bulk_docs(rewrite)
+    with lock:
+        res.updated += len(out.ok)
+        res.changed_meanwhile += len(out.conflicts)
+        for doc_id, row in out.errors.items():
+            res.failed += 1
+            if len(res.errors) < MAX_ERRORS:
+                res.errors[doc_id] = f"update: {row.get('error')}: {row.get('reason')}"
+
+
+class _Writers:
+    """``n`` daemon threads writing batches, each through its own HTTP session.
+
+    Daemon threads and bounded waits, not a ThreadPoolExecutor: its shutdown
+    waits for every running request without a limit, which is how one Ctrl-C
+    could hang ``lrt create`` for minutes.  :meth:`stop` gives the writers a
+    moment to finish (so the count is known) and then leaves them.
+    """
+
+    def __init__(self, db: Database, n: int, write: Callable[[Database, List[Token]], None]):
+        self._todo: "queue.Queue[Optional[List[Token]]]" = queue.Queue(maxsize=1)
+        self._done: "queue.Queue[Tuple[int, Optional[BaseException]]]" = queue.Queue()
+        self._write = write
+        self._errors: List[BaseException] = []
+        self._closed = False
+        self.busy = 0  #: tokens handed out whose write has not been reported back
+        self._dbs = [db] + [Database(db.server.clone(), db.name) for _ in range(n - 1)]
+        self._threads = [threading.Thread(target=self._run, args=(d,), daemon=True,
+                                          name=f"lrt-create-{i}") for i, d in enumerate(self._dbs)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, db: Database) -> None:
+        while not self._closed:
+            try:
+                docs = self._todo.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._write(db, docs)
+            except BaseException as exc:  # re-raised by the feeding thread
+                self._errors.append(exc)
+                self._done.put((len(docs), exc))
+            else:
+                self._done.put((len(docs), None))
+
+    def _report(self, n: int, exc: Optional[BaseException]) -> int:
+        self.busy -= n
+        if exc is not None:
+            self.busy += n  # not known to be written
+            raise exc
+        return n
+
+    def put(self, docs: List[Token]) -> None:
+        """Hand a batch to the next free writer (waiting in short, interruptible steps)."""
+        while True:
+            if self._errors:
+                raise self._errors[0]
+            self.busy += len(docs)
+            try:
+                self._todo.put(docs, timeout=0.2)
+                return
+            except BaseException:  # Full, or an interrupt while waiting: not handed out
+                self.busy -= len(docs)
+                if not isinstance(sys.exc_info()[1], queue.Full):
+                    raise
+
+    def finished(self) -> Iterator[int]:
+        """Sizes of the batches written since the last call (raises a writer's error)."""
+        while True:
+            try:
+                n, exc = self._done.get_nowait()
+            except queue.Empty:
+                return
+            yield self._report(n, exc)
+
+    def drain(self) -> Iterator[int]:
+        """Wait for every batch handed out."""
+        while self.busy:
+            try:
+                n, exc = self._done.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            yield self._report(n, exc)
+
+    def stop(self, wait: float) -> int:
+        """Hand out nothing more, wait up to ``wait`` s; the tokens whose write is not known."""
+        try:
+            docs = self._todo.get_nowait()  # handed out, not started: never written
+            self.busy = max(0, self.busy - len(docs or ()))
+        except queue.Empty:
+            pass
+        deadline = time.monotonic() + wait
+        unknown = 0
+        while self.busy > unknown and time.monotonic() < deadline:
+            try:
+                n, exc = self._done.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            self.busy -= n
+            if exc is not None:
+                unknown += n
+                self.busy += n
+        return self.busy
+
+    def close(self) -> None:
+        """Let idle writers end; the others end with their request (they are daemons)."""
+        self._closed = True
+        for d in self._dbs[1:]:
+            self._dbs[0].server.requests_sent += d.server.requests_sent  # benchmarks read it
+            d.server.close()
 
 
 class TokenSet:
@@ -234,15 +491,31 @@ class TokenSet:
     def ids(self) -> Iterator[str]:
         return self.config.iter_ids()
 
-    def create(self, db: Database, batch_size: int = 1000,
-               progress: Optional[ProgressFn] = None) -> CreateResult:
+    def create(self, db: Database, batch_size: int = 1000, progress: Optional[ProgressFn] = None,
+               concurrency: Optional[int] = None, update: bool = False,
+               stop_wait: float = 1.0) -> CreateResult:
         """Create the tokens that do not exist yet, ``batch_size`` per ``_bulk_docs``.
 
-        ``progress(done, total)`` is called after each batch.  Memory is two
-        batches (one being written, one being built) whatever the size of the set.
+        ``concurrency`` batches are written at once, each by a thread with its own
+        HTTP session (default: :func:`default_concurrency`, chosen per server), while
+        this thread builds the next batch; memory is about ``concurrency + 2``
+        batches whatever the size of the set.  ``progress(done, total)`` is called
+        after each batch.
+
+        Existing tokens are never overwritten; those whose stored definition
+        differs from the config are counted (:class:`CreateResult`), and with
+        ``update`` rewritten when nobody works on them (:data:`UPDATABLE`).
+
+        An interrupt (KeyboardInterrupt, which the CLI also makes of SIGTERM)
+        stops feeding batches, waits up to ``stop_wait`` seconds for the ones in
+        flight and raises :class:`CreateInterrupted` with the honest count.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if concurrency is None:
+            concurrency = default_concurrency(db)
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
         total = self.validate()
         if self.config.after is not None:  # parents exist, no cycle: before the first write
             from .deps.create import check_dependencies, require_views
@@ -251,57 +524,66 @@ class TokenSet:
             check_dependencies(db, self.config)
         self._publish_sandbox(db)
         res = CreateResult()
-        done = 0
         # Correctness never depends on the existence check: a _bulk_docs write
         # without _rev cannot overwrite an existing token, it answers 409, which
-        # counts as "present".  The check only avoids re-sending tokens that exist
-        # (a re-run, a resumed run), so it is made while it finds something and
-        # skipped once a batch turns out to be all new, until a 409 says otherwise.
-        # On a fresh set this saves one _all_docs request per batch.
-        #
-        # One worker thread does all HTTP (one request at a time, so the session
-        # is never shared), while this thread builds the next batch: the client's
-        # work overlaps the server's instead of adding to it.
-        state = {"check": True}
+        # counts as "present" (and is then compared).  The check only avoids
+        # re-sending tokens that exist (a re-run, a resumed run), so it is made
+        # while it finds something and skipped once a batch turns out to be all
+        # new, until a 409 says otherwise.  On a fresh set this saves one
+        # _all_docs request per batch.
+        check = [True]
+        lock = threading.Lock()  # guards res and check between the writers
 
-        def write(docs: List[Token]) -> int:
-            if state["check"]:
-                have = db.existing_ids([d["_id"] for d in docs])
-                if have:
-                    res.present += len(have)
-                    docs = [d for d in docs if d["_id"] not in have]
+        def write(wdb: Database, docs: List[Token]) -> None:
+            mine = {d["_id"]: d for d in docs}
+            stored: Dict[str, Dict[str, Any]] = {}
+            if check[0]:
+                stored = _stored_docs(wdb, [d["_id"] for d in docs])
+                if stored:
+                    docs = [d for d in docs if d["_id"] not in stored]
                 else:
-                    state["check"] = False
-            if docs:
-                out = db.bulk_docs(docs)
-                res.created += len(out.ok)
-                res.present += len(out.conflicts)  # it exists (a concurrent creator won)
-                if out.conflicts:
-                    state["check"] = True
-                for doc_id, row in out.errors.items():
-                    res.failed += 1
-                    if len(res.errors) < MAX_ERRORS:
-                        res.errors[doc_id] = f"{row.get('error')}: {row.get('reason')}"
-            return len(docs)
+                    check[0] = False
+            out = wdb.bulk_docs(docs) if docs else None
+            if out is not None and out.conflicts:
+                # it exists (another creator, or the check was skipped): compare it too
+                stored.update(_stored_docs(wdb, out.conflicts))
+            with lock:
+                if out is not None:
+                    res.created += len(out.ok)
+                    for doc_id, row in out.errors.items():
+                        res.failed += 1
+                        if len(res.errors) < MAX_ERRORS:
+                            res.errors[doc_id] = f"{row.get('error')}: {row.get('reason')}"
+                    if out.conflicts:
+                        check[0] = True
+                res.present += len(stored)
+            if stored:
+                _compare(wdb, stored, mine, res, lock, update)
 
-        from concurrent.futures import ThreadPoolExecutor
-
-        pending = None
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lrt-create") as pool:
-            for batch in _batched(self.config.items(), batch_size):
-                now = time.time()
-                docs = [new_token(self.config, it, now, share=True) for it in batch]
-                if pending is not None:
-                    done += pending[1]
-                    pending[0].result()  # re-raises the worker's error here
+        pool = _Writers(db, concurrency, write)
+        done = 0
+        try:
+            try:
+                for batch in _batched(self.config.items(), batch_size):
+                    now = time.time()
+                    docs = [new_token(self.config, it, now, share=True) for it in batch]
+                    pool.put(docs)  # blocks while `concurrency` batches are in flight
+                    for n in pool.finished():
+                        done += n
+                        if progress is not None:
+                            progress(done, total)
+                for n in pool.drain():
+                    done += n
                     if progress is not None:
                         progress(done, total)
-                pending = (pool.submit(write, docs), len(docs))
-            if pending is not None:
-                pending[0].result()
-                done += pending[1]
-                if progress is not None:
-                    progress(done, total)
+            except KeyboardInterrupt as exc:
+                try:
+                    in_flight = pool.stop(stop_wait)
+                except KeyboardInterrupt:  # a second Ctrl-C: stop waiting, count them unknown
+                    in_flight = pool.busy
+                raise CreateInterrupted(res, in_flight, total, getattr(exc, "signum", None)) from None
+        finally:
+            pool.close()
         if self.config.after is not None:  # children whose parents ended already
             from .deps.create import release_created
 
@@ -320,7 +602,11 @@ class TokenSet:
         self.config.sandbox = {"sha256": built.sha256}
 
     def dry_run(self, db: Optional[Database] = None, batch_size: int = 1000) -> CreateResult:
-        """What :meth:`create` would do: validate, and count existing ids if ``db`` exists."""
+        """What :meth:`create` would do, writing nothing: validate, and with ``db``
+        count the existing tokens and compare their definitions.
+
+        ``would_create`` counts what is missing; ``created`` stays 0.
+        """
         self.validate()
         if self.config.after is not None:
             from .deps.create import check_dependencies, require_views
@@ -328,11 +614,28 @@ class TokenSet:
             if db is not None:
                 require_views(db)
             check_dependencies(db, self.config)
+        self._publish_sandbox(None)  # the sandbox's hash, so the comparison is like create's
         res = CreateResult()
-        for batch in _batched(self.ids(), batch_size):
-            have = db.existing_ids(batch) if db is not None else {}
-            res.present += len(have)
-            res.created += len(batch) - len(have)
+        updatable = {s.value for s in UPDATABLE}
+        for batch in _batched(self.config.items(), batch_size):
+            if db is None:
+                res.would_create += len(batch)
+                continue
+            now = time.time()
+            mine = {it.id: new_token(self.config, it, now, share=True) for it in batch}
+            stored = _stored_docs(db, list(mine))
+            res.present += len(stored)
+            res.would_create += len(mine) - len(stored)
+            for doc_id, old in stored.items():
+                fields = definition_diff(old, mine[doc_id])
+                if not fields:
+                    continue
+                res.note_differ(doc_id, fields)
+                state = str(old.get("state"))
+                if state in updatable and not (state == State.STAGING.value and "inputs" in fields):
+                    res.updated += 1  # would be, with update
+                else:
+                    res.kept[state] = res.kept.get(state, 0) + 1
         return res
 
 

@@ -131,7 +131,9 @@ def test_bad_config_exit_code_and_nothing_written(cli, server, tmp_path):
     r = cli("create", str(bad))
     assert r.returncode == 2
     assert "links.txt" in r.stderr and "line(s) 2, 4" in r.stderr
-    assert r.stderr.count("\n") == 1  # one line, no traceback
+    # one message, no traceback: the summary and each bad line with its reason
+    assert r.stderr.count("\n") == 3 and "Traceback" not in r.stderr
+    assert "  line 2: " in r.stderr and "  line 4: unsupported scheme ftp" in r.stderr
     assert not server.database(cli.dbname).exists()
     r = cli("create", "configs/nowhere.yaml")
     assert r.returncode == 2 and "token config not found" in r.stderr
@@ -158,6 +160,35 @@ def test_wrong_password_is_clear_and_secret_free(cli, server, throwaway_user):
         assert "CouchDB refused user" in r.stderr and "LRT_COUCH_PASSWORD" in r.stderr
         assert secret not in r.stdout + r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_wrong_password_from_a_file_names_the_file(cli, server, tmp_path):
+    """The hint names where the password came from, not a variable that is not set."""
+    assert cli("create", "configs/sweep_example.yaml").returncode == 0
+    pw = tmp_path / "pw"
+    pw.write_text("Wr0ng-Pa55w0rd-XYZ\n")
+    pw.chmod(0o600)
+    env = cli.couch.env(cli.dbname)
+    del env["LRT_COUCH_PASSWORD"]
+    env.update(PYTHONPATH=str(ROOT), LRT_COUCH_PASSWORD_FILE=str(pw))
+    r = subprocess.run(cli.cmd + ["status"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 4, r.stderr
+    assert f"the password file {pw} (LRT_COUCH_PASSWORD_FILE)" in r.stderr
+    assert "LRT_COUCH_PASSWORD " not in r.stderr and "LRT_COUCH_PASSWORD /" not in r.stderr
+    assert "Wr0ng" not in r.stderr and ": )" not in r.stderr
+
+
+def test_a_refused_connection_fails_at_once_in_one_line(cli):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on (bound, never listening)
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        for args in (["status"], ["create", "configs/sweep_example.yaml"]):
+            r = cli("--url", url, *args)
+            assert r.returncode == 1, r.stderr
+            assert r.stderr.strip().splitlines() == [
+                f"lrt: error: cannot reach CouchDB at {url} (ConnectionError) after 1 attempt(s)"]
 
 
 class _Tty:
@@ -203,3 +234,49 @@ def test_progress_bar_only_on_a_terminal(couch, server, monkeypatch, capsys, hav
         assert "/12 [" in tty.text and "tok/s" in tty.text  # a bar with the right total
     else:
         assert tty.text == ""
+
+
+def test_logs_point_at_the_other_stream_and_say_when_they_are_an_earlier_attempts(cli, server):
+    assert cli("create", "configs/sweep_example.yaml").returncode == 0
+    db = server.database(cli.dbname)
+    doc_id = sorted(r["id"] for r in db.all_docs()["rows"] if not r["id"].startswith("_design/"))[0]
+    doc = db.get(doc_id)
+    states.apply(doc, "locked")
+    states.apply(doc, "error")
+    doc["history"] = [{"attempt": 1, "state": "error", "end": "finish", "exit_code": 3}]
+    rev = db.put(doc)
+    db.put_attachment(doc_id, rev, "stderr.log", b"it went wrong\n", "text/plain")
+
+    r = cli("logs", doc_id)
+    assert r.returncode == 1
+    assert r.stderr.strip() == (f"lrt: token {doc_id} has no stdout.log (state error); "
+                                f"it has a stderr.log: lrt logs --stderr {doc_id}")
+    r = cli("logs", "--stderr", doc_id)
+    assert r.returncode == 0 and r.stdout == "it went wrong\n" and r.stderr == ""
+
+    assert cli("reset", "--state", "error").returncode == 0
+    r = cli("logs", "--stderr", doc_id)
+    assert r.returncode == 0 and r.stdout == "it went wrong\n"
+    assert r.stderr.strip() == (f"lrt: note: token {doc_id} is todo now; these logs are from "
+                                "attempt #1, which ended error")
+
+
+def test_create_reports_a_changed_config_and_update_rewrites_it(cli, server, tmp_path):
+    cfg = tmp_path / "six.yaml"
+    cfg.write_text("type: six\ntokenset: six\ncommand: [old.py]\nid: 'six_{i}'\nsweep: {i: {range: [0, 6]}}\n")
+    assert cli("create", str(cfg)).returncode == 0
+    cfg.write_text(cfg.read_text().replace("old.py", "new.py"))
+    r = cli("create", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        f"0 created, 6 already present (tokenset six, db {cli.dbname})",
+        "6 existing token(s) differ from the config in command: six_0, six_1, six_2, six_3, six_4, six_5",
+        "  they were left as they are; `lrt create --update CONFIG` rewrites those that have not started"]
+    r = cli("create", str(cfg), "--dry-run", "--json")
+    out = json.loads(r.stdout)
+    assert (out["created"], out["would_create"], out["present"], out["differ"], out["updated"]) == (0, 0, 6, 6, 6)
+    r = cli("create", str(cfg), "--update")
+    assert "  6 updated (--update rewrites todo, waiting and staging tokens)" in r.stdout.splitlines()
+    assert server.database(cli.dbname).get("six_4")["command"] == ["new.py"]
+    r = cli("create", str(cfg), "--update")
+    assert r.stdout.splitlines() == [f"0 created, 6 already present (tokenset six, db {cli.dbname})"]

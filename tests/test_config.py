@@ -206,6 +206,16 @@ def test_file_list_errors(tmp_path):
         TokenConfig.load(p)
     msg = str(ei.value)
     assert "3 bad link(s) on line(s) 2, 6, 8" in msg and "links.txt" in msg
+    # every bad line with its own reason, in the one message
+    assert [ln.split(":")[0].strip() for ln in msg.splitlines()[1:]] == ["line 2", "line 6", "line 8"]
+    assert "line 2: unsupported scheme" in msg and "line 6: no path" in msg
+    # many: capped, with a count of the rest
+    write(tmp_path, "links.txt", "".join(f"bad{i}\n" for i in range(45)))
+    with pytest.raises(ConfigError) as ei:
+        TokenConfig.load(p)
+    msg = str(ei.value)
+    assert "45 bad link(s) on line(s) 1-45:" in msg and "line 20: " in msg and "line 21: " not in msg
+    assert msg.rstrip().endswith("... and 25 more")
     # duplicates and non-LOFAR names are refused when grouping by subband ...
     write(tmp_path, "links.txt", f"{lta(9, 0)}\n{lta(9, 1)}\n{lta(9, 0)}\nmock://x/plain.dat\n")
     with pytest.raises(ConfigError) as ei:

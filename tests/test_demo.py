@@ -33,7 +33,7 @@ def test_demo_config_publishes_its_sandbox_and_drains(couch, db, lrt_cmd, tmp_pa
     assert failed["state"] == "failed" and failed["exit_code"] == 3
     assert failed["error"]["name"] == "PAYLOAD_FAILED"
     assert [h["state"] for h in failed["history"]] == ["todo", "failed"]  # retried once, then quarantined
-    assert "failing on purpose" in failed["log_tail"]["stderr"]
+    assert "failing on purpose (parameter fail_on_block=13)" in failed["log_tail"]["stderr"]
     ok = db.get("demo_02")
     # the payload really ran from the sandbox: its output names the block's range
     outs = list((tmp_path / "work").rglob("primes-100000-150000.json"))

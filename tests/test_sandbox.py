@@ -47,10 +47,10 @@ def store_raw(db, data: bytes, sha: Optional[str] = None) -> str:
 
 
 def cache_leftovers(cache: Path) -> List[str]:
-    """Entries in the cache other than lock files."""
+    """Entries in the cache (lock files too: none may be left, refused or not)."""
     if not cache.exists():
         return []
-    return sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
+    return sorted(p.name for p in cache.iterdir())
 
 
 # ---------------------------------------------------------------------------

@@ -153,3 +153,65 @@ def test_cookie_auth_with_a_wrong_password_fails_at_once(couch, empty_db, throwa
         s.database(empty_db.name).get("x")
     assert s.requests_sent == 1
     assert secret not in str(ei.value) and secret not in caplog.text
+
+
+def _held_port():
+    """A port another process would own: bound but not listening, so a check that only
+    connects finds it free and the server's own bind fails -- the race, made certain."""
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    return s, s.getsockname()[1]
+
+
+def test_local_server_moves_to_a_fresh_port_when_its_port_is_taken_at_bind(tmp_path):
+    from lrt.server import LocalServer
+
+    sock, port = _held_port()
+    try:
+        srv = LocalServer.start(base=tmp_path / "s", port=port)
+        try:
+            assert srv.port != port and srv.ready()
+            assert LocalServer.load(tmp_path / "s").port == srv.port
+        finally:
+            srv.stop()
+    finally:
+        sock.close()
+
+
+def test_local_server_that_cannot_start_says_why_in_one_line(tmp_path, lrt_cmd):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from lrt.server import LocalServer, ServerSetupError, node_dir
+
+    sock, port = _held_port()
+    try:
+        with pytest.raises(ServerSetupError) as exc:
+            LocalServer.start(base=tmp_path / "s", port=port, strict_port=True)
+        msg = str(exc.value)
+        assert msg == f"port {port} on 127.0.0.1 is in use by another process"
+        # the command says the same, in one line, without pouchdb-server's stack trace
+        root = Path(__file__).resolve().parent.parent
+        env = {"PATH": os.environ["PATH"], "LRT_HOME": str(tmp_path / "home"),
+               "PYTHONPATH": str(root), "HOME": str(tmp_path)}
+        (tmp_path / "home").mkdir()
+        (tmp_path / "home" / "node").symlink_to(node_dir())  # the installed server, not a new npm install
+        r = subprocess.run(lrt_cmd + ["server", "start", "--port", str(port)], env=env, capture_output=True,
+                           text=True, timeout=120, cwd=root)
+        assert r.returncode == 1
+        assert r.stderr.strip().splitlines() == [f"lrt: error: port {port} on 127.0.0.1 is in use by another process"]
+    finally:
+        sock.close()
+
+
+def test_a_failed_start_is_one_line_from_the_servers_output():
+    from lrt.server import _reason
+
+    trace = ("/x/pouchdb-server/lib/index.js:285\n    stopTailingLog();\n    ^\n\n"
+             "TypeError: stopTailingLog is not a function\n    at Server.<anonymous> (/x/index.js:285:5)\n"
+             "    at emitErrorNT (node:net:1944:8)\n\nNode.js v20.20.2\n")
+    assert _reason(trace) == "TypeError: stopTailingLog is not a function"
+    assert _reason("") == "no output"

@@ -238,3 +238,101 @@ def test_token_load(db):
         Token.load(db, "notatoken")
     with pytest.raises(LrtError, match="no token 'nope'"):
         Token.load(db, "nope")
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_concurrent_batches_write_each_token_once(db, tmp_path, concurrency):
+    """Several batches in flight (one session each): the exact set, nothing twice, progress in order."""
+    seen = []
+    ts = TokenSet.from_config(sweep_config(tmp_path, 2500))
+    res = ts.create(db, batch_size=100, concurrency=concurrency, progress=lambda d, t: seen.append(d))
+    assert (res.created, res.present, res.failed) == (2500, 0, 0)
+    rows = token_docs(db)
+    assert sorted(r["id"] for r in rows) == [f"sw_{i:06d}" for i in range(2500)]
+    assert all(r["value"]["rev"].startswith("1-") for r in rows)
+    assert seen == sorted(seen) and seen[-1] == 2500
+    again = TokenSet.from_config(sweep_config(tmp_path, 2600)).create(db, batch_size=100,
+                                                                     concurrency=concurrency)
+    assert (again.created, again.present, again.differ) == (100, 2500, 0)
+
+
+def test_a_writer_error_reaches_the_caller(db, tmp_path):
+    """A refused batch (here: a document CouchDB rejects) is counted, not lost in a thread."""
+    from lrt.couch import CouchError
+
+    ts = TokenSet.from_config(sweep_config(tmp_path, 300))
+    other = db.server.database(db.name + "_missing")  # no such database: every write fails
+    with pytest.raises(CouchError):
+        ts.create(other, batch_size=50, concurrency=2)
+
+
+def _changed(tmp_path, command: str, name: str = "s", tokenset: str = "") -> Path:
+    p = tmp_path / f"{name}.yaml"
+    extra = f"tokenset: {tokenset}\n" if tokenset else ""
+    p.write_text(f"type: sw\n{extra}command: [python3, {command}]\nid: 'sw_{{i:06d}}'\n"
+                 f"payload: {{k: 1}}\nsweep: {{i: {{range: [0, 30]}}}}\n")
+    return p
+
+
+def test_changed_config_is_reported_and_update_rewrites_only_tokens_not_started(db, tmp_path):
+    assert TokenSet.from_config(_changed(tmp_path, "old.py")).create(db).created == 30
+    # one token runs, one is done: their definition must stay what they ran with
+    for doc_id, dst in (("sw_000003", ["locked"]), ("sw_000004", ["locked", "done"])):
+        doc = db.get(doc_id)
+        for d in dst:
+            states.apply(doc, d)
+        db.put(doc)
+    before = {r["id"]: r["value"]["rev"] for r in token_docs(db)}
+
+    res = TokenSet.from_config(_changed(tmp_path, "new.py")).create(db, batch_size=7)
+    assert (res.created, res.present, res.differ, res.updated) == (0, 30, 30, 0)
+    assert res.differ_fields == ["command"] and len(res.differ_ids) == 10
+    assert {r["id"]: r["value"]["rev"] for r in token_docs(db)} == before  # nothing written
+
+    dry = TokenSet.from_config(_changed(tmp_path, "new.py")).dry_run(db)
+    assert (dry.created, dry.would_create, dry.differ, dry.updated) == (0, 0, 30, 28)
+    assert dry.kept == {"locked": 1, "done": 1}
+
+    res = TokenSet.from_config(_changed(tmp_path, "new.py")).create(db, batch_size=7, update=True)
+    assert (res.differ, res.updated, res.kept) == (30, 28, {"locked": 1, "done": 1})
+    for doc_id in ("sw_000000", "sw_000029"):
+        doc = db.get(doc_id)
+        assert doc["command"] == ["python3", "new.py"] and doc["state"] == "todo"
+        assert doc["_rev"].startswith("2-")
+        assert doc["history"][-1]["end"] == "update" and doc["history"][-1]["fields"] == ["command"]
+    assert db.get("sw_000003")["command"] == ["python3", "old.py"]
+    assert db.get("sw_000004")["command"] == ["python3", "old.py"]
+
+    # idempotent: a second update finds only the two it must not touch
+    again = TokenSet.from_config(_changed(tmp_path, "new.py")).create(db, update=True)
+    assert (again.differ, again.updated, again.kept) == (2, 0, {"locked": 1, "done": 1})
+    # a copy under another tokenset name is a difference too
+    other = TokenSet.from_config(_changed(tmp_path, "new.py", "copy", tokenset="copy")).create(db)
+    assert other.differ == 30 and "tokenset" in other.differ_fields
+
+
+def test_update_replaces_the_file_slice_and_keeps_logs(db, tmp_path):
+    links = "".join(f"srm://h.example.org/pnfs/L5_SB{s:03d}_uv.MS.tar\n" for s in range(4))
+    (tmp_path / "a.txt").write_text(links)
+    (tmp_path / "b.txt").write_text(links.replace("h.example.org", "g.example.org"))
+    cfg = tmp_path / "f.yaml"
+    cfg.write_text("type: f\ncommand: [a]\nid: 'f_{chunk}'\nfiles: {list: a.txt, per_token: 2}\n")
+    assert TokenSet.from_config(cfg).create(db).created == 2
+    doc = db.get("f_0")
+    db.put_attachment("f_0", doc["_rev"], "stdout.log", b"earlier attempt\n", "text/plain")
+    res = TokenSet.from_config(cfg, files=tmp_path / "b.txt").create(db, update=True)
+    assert (res.differ, res.updated, res.differ_fields) == (2, 2, ["inputs"])
+    doc = db.get("f_0")
+    assert all("g.example.org" in i["url"] for i in doc["inputs"])
+    assert set(doc["_attachments"]) == {"srm.txt", "stdout.log"}
+    assert b"g.example.org" in db.get_attachment("f_0", "srm.txt")
+
+
+def test_default_concurrency_is_one_on_the_local_server(db):
+    """pouchdb-server (one Node.js process) is slowed down by concurrent streams."""
+    from lrt.tokens import default_concurrency
+
+    vendor = db.server.info().get("vendor", {}).get("name", "")
+    if "pouchdb" not in vendor.lower():
+        pytest.skip("the suite runs against another server")
+    assert default_concurrency(db) == 1

@@ -264,15 +264,33 @@ def cmd_release(ctx: Any) -> int:
     return 0 if refused == 0 else 1
 
 
+def _earlier_attempt(doc: Any) -> Optional[str]:
+    """A note when the logs on a token are not from its current state's attempt
+    (a reset or retried token keeps its last attempt's logs until a new one ends)."""
+    state = doc.get("state")
+    if state in ("done", "error", "failed", "cancelled"):
+        return None
+    hist = [h for h in doc.get("history") or [] if h.get("end") != "update"]
+    last = hist[-1] if hist else {}
+    ended = f", which ended {last.get('state')}" if last.get("state") else ""
+    return (f"lrt: note: token {doc['_id']} is {state} now; these logs are from attempt "
+            f"#{last.get('attempt', '?')}{ended}")
+
+
 def cmd_logs(ctx: Any) -> int:
     from ..couch import NotFound
 
     a = ctx.args
     name = "stderr.log" if a.stderr else "stdout.log"
+    other = "stdout.log" if a.stderr else "stderr.log"
     doc = ctx.db.get_or_none(a.id)
     if doc is None:
         raise LrtError(f"no token {a.id!r}")
-    if name in (doc.get("_attachments") or {}):
+    atts = doc.get("_attachments") or {}
+    note = _earlier_attempt(doc) if (name in atts or (doc.get("log_tail") or {})) else None
+    if note:
+        print(note, file=sys.stderr)
+    if name in atts:
         try:
             out = sys.stdout.buffer
             ctx.db.get_attachment(a.id, name, dest=out)
@@ -285,5 +303,8 @@ def cmd_logs(ctx: Any) -> int:
         sys.stdout.write(tail)
         sys.stdout.flush()
         return 0
-    print(f"lrt: token {a.id} has no {name} (state {doc.get('state')})", file=sys.stderr)
+    hint = ""
+    if other in atts or (doc.get("log_tail") or {}).get(other.split(".")[0]):
+        hint = f"; it has a {other}: lrt logs {'' if a.stderr else '--stderr '}{a.id}"
+    print(f"lrt: token {a.id} has no {name} (state {doc.get('state')}){hint}", file=sys.stderr)
     return 1

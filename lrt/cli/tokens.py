@@ -13,7 +13,6 @@ import json
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
-from .. import design
 from ..errors import LrtError
 from ..queries.pilots import pilot_summary
 from ..queries.status import status_json
@@ -26,7 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1000, metavar="N",
                    help="tokens per _bulk_docs request (default 1000)")
     p.add_argument("--dry-run", action="store_true",
-                   help="validate and count; write nothing (not even the database)")
+                   help="validate, count and compare; write nothing (not even the database)")
+    p.add_argument("--update", action="store_true",
+                   help="rewrite the definition (command, payload, ...) of existing tokens that differ "
+                        "from the config, if they are todo, waiting or staging; history keeps a note")
+    p.add_argument("--concurrency", type=int, metavar="N",
+                   help="batches written at once (default: 4 on Apache CouchDB, 1 on the local server)")
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(func=cmd_create)
 
@@ -101,14 +105,52 @@ def _progress_bar(total: int) -> "tuple[Optional[Callable[[int, int], None]], Ca
     return update, bar.close
 
 
-def cmd_create(ctx) -> int:
-    from ..tokens import TokenSet
+def _differences(res, update: bool, dry_run: bool) -> List[str]:
+    """What to say about existing tokens whose definition is not the config's."""
+    if not res.differ:
+        return []
+    ids = ", ".join(res.differ_ids) + (", ..." if res.differ > len(res.differ_ids) else "")
+    lines = [f"{res.differ} existing token(s) differ from the config in "
+             f"{', '.join(res.differ_fields)}: {ids}"]
+    kept = ", ".join(f"{n} {s}" for s, n in sorted(res.kept.items()))
+    if update or dry_run:
+        verb = "would be updated" if dry_run else "updated"
+        msg = f"  {res.updated} {verb} (--update rewrites todo, waiting and staging tokens)"
+        if kept:
+            msg += (f"; not updated: {kept} (running or finished: `lrt reset --state STATE` first, "
+                    "then create --update again)")
+        lines.append(msg)
+        if res.changed_meanwhile:
+            lines.append(f"  {res.changed_meanwhile} changed meanwhile and were left alone: run again")
+    else:
+        lines.append("  they were left as they are; `lrt create --update CONFIG` rewrites those "
+                     "that have not started")
+    return lines
 
+
+def cmd_create(ctx) -> int:
     a = ctx.args
     if a.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
+    if a.concurrency is not None and a.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    total: List[Optional[int]] = [None, None]  # tokens in the set; 1 once writing began
+    try:
+        return _create(ctx, total)
+    except KeyboardInterrupt as exc:  # before the first batch (config, database, design)
+        if total[1] is not None:
+            raise  # later: create reported what it wrote, or it is over already
+        from ..tokens import CreateInterrupted, CreateResult
+
+        raise CreateInterrupted(CreateResult(), 0, total[0], getattr(exc, "signum", None)) from None
+
+
+def _create(ctx, total: List[Optional[int]]) -> int:
+    from ..tokens import TokenSet
+
+    a = ctx.args
     ts = TokenSet.from_config(a.config, files=a.files)
-    n = ts.validate()  # before anything touches the server
+    n = total[0] = ts.validate()  # before anything touches the server
     db = ctx.db
     if a.dry_run:
         exists = db.exists()
@@ -118,13 +160,19 @@ def cmd_create(ctx) -> int:
                                 **res.to_json()}, sort_keys=True))
         else:
             where = "" if exists else f" (database {db.name} does not exist yet)"
-            ctx.out(f"{n} tokens valid in {ts.name}: would create {res.created}, "
+            ctx.out(f"{n} tokens valid in {ts.name}: would create {res.would_create}, "
                     f"{res.present} already present{where}")
+            for line in _differences(res, a.update, True):
+                ctx.out(line)
         return 0
+    from .. import design
+
     design.ensure(db)
     progress, close = _progress_bar(n)
+    total[1] = 1
     try:
-        res = ts.create(db, batch_size=a.batch_size, progress=progress)
+        res = ts.create(db, batch_size=a.batch_size, progress=progress, concurrency=a.concurrency,
+                        update=a.update)
     finally:
         close()
     if a.json:
@@ -133,6 +181,8 @@ def cmd_create(ctx) -> int:
     else:
         ctx.out(f"{res.created} created, {res.present} already present"
                 + (f", {res.failed} failed" if res.failed else "") + f" (tokenset {ts.name}, db {db.name})")
+        for line in _differences(res, a.update, False):
+            ctx.out(line)
         for doc_id, why in res.errors.items():
             ctx.out(f"  failed: {doc_id}: {why}")
     return 1 if res.failed else 0
@@ -317,6 +367,10 @@ def format_token(doc: Dict[str, Any]) -> str:
     if hist:
         add("attempts:")
         for h in hist:
+            if h.get("end") == "update":  # `lrt create --update`, not an attempt
+                add(f"  {_ts(h.get('at'))}  definition updated ({', '.join(h.get('fields') or [])}) "
+                    f"while {h.get('state')}, by {h.get('by')}")
+                continue
             e = h.get("error") or {}
             add(f"  #{h.get('attempt')}  {h.get('end') or '-'} -> {h.get('state')}  "
                 f"exit {h.get('exit_code')}  {e.get('name') or '-'}  pilot {h.get('pilot')} on "

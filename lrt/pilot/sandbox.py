@@ -346,6 +346,12 @@ class _Lock:
 
     def __exit__(self, *exc: Any) -> None:
         if self.fd is not None:
+            # removed while held, so no lock file is left behind (a refused or a finished
+            # fetch alike); a pilot waiting on the old file then downloads again at worst
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
             os.close(self.fd)  # closing releases the lock
 
 

@@ -60,7 +60,9 @@ def main() -> int:
         params.setdefault("start", max(2, block * size))
         params.setdefault("stop", (block + 1) * size)
         if "fail_on_block" in params and str(params["fail_on_block"]) == str(block):
-            params["fail"] = True
+            print(f"token {token_id}: failing on purpose (parameter fail_on_block={block})",
+                  file=sys.stderr)
+            return 3
     if as_bool(params.get("fail", False)):
         print(f"token {token_id}: failing on purpose (parameter fail=true)", file=sys.stderr)
         return 3
