@@ -6,7 +6,6 @@ bench/compare_picas.py call it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, List, Optional

@@ -230,6 +230,14 @@ def finish_doc(doc: JSON, claim: str, body: JSON, now: float) -> Tuple[str, JSON
         if k != "claimed":
             t[k] = v
     t.setdefault("finished", now)
+    # claimed, started and finished are server-clock estimates made at different moments
+    # (the estimate is refined by every handler answer): keep them in their real order
+    floor = t.get("claimed")
+    for k in ("started", "finished"):
+        v = t.get(k)
+        if isinstance(v, (int, float)) and isinstance(floor, (int, float)) and v < floor:
+            t[k] = floor
+        floor = t.get(k, floor)
     doc["timings"] = t
     doc["state"] = dst
     doc["exit_code"] = body.get("exit_code")

@@ -48,9 +48,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 from .. import errorcodes
+from ..batch import job_info, walltime_end
 from ..couch import CouchConnectionError, CouchError, Database, ServerError
 from ..deps.release import after_finish, idle_sweep
 from ..design import MONITOR_DDOC
@@ -107,24 +108,20 @@ def _safe_name(text: str) -> str:
 
 
 def _job_info() -> Optional[JSON]:
-    try:
-        from ..batch import job_info
-    except ImportError:  # pragma: no cover - helper C's module missing
-        return None
+    """The batch job this pilot runs in (lrt.batch), or None; never fatal."""
     try:
         return job_info()
-    except Exception:  # never die for lack of this fact
+    except Exception:  # noqa: BLE001 - never die for lack of this fact
+        log.debug("no batch job information", exc_info=True)
         return None
 
 
 def _batch_end() -> Optional[float]:
-    try:
-        from ..batch import walltime_end
-    except ImportError:  # pragma: no cover
-        return None
+    """When the batch job's walltime ends (lrt.batch), or None; never fatal."""
     try:
         return walltime_end()
-    except Exception:
+    except Exception:  # noqa: BLE001
+        log.debug("no batch walltime end", exc_info=True)
         return None
 
 
@@ -404,7 +401,6 @@ class Pilot:
 
     # -- one token -------------------------------------------------------------------
     def _process(self, c: Claimed) -> None:
-        doc = c.doc
         wd = self.workdir / f"{_safe_name(c.id)}-{c.claim[:8]}"
         # overhead samples only between two consecutive payloads (set again after this one ran)
         self._prev_end, self._last_payload_end = self._last_payload_end, None
@@ -430,10 +426,8 @@ class Pilot:
             return self._fail(c, "BAD_TOKEN", str(exc))
         sandbox_dir: Optional[Path] = None
         if doc.get("sandbox"):
-            try:
-                from . import sandbox as sbmod
-            except ImportError:
-                return self._fail(c, "SANDBOX_DOWNLOAD", "sandbox support not installed on this node")
+            from . import sandbox as sbmod  # only for tokens with a sandbox
+
             try:
                 sha, url = sbmod.token_sandbox(doc)
                 cache = Path(os.environ.get("LRT_SANDBOX_CACHE") or sbmod.default_cache_dir())
@@ -446,10 +440,8 @@ class Pilot:
                 code = getattr(exc, "code", errorcodes.get("SANDBOX_DOWNLOAD").code)
                 return self._fail(c, errorcodes.get(int(code)).name, str(exc))
         if doc.get("inputs"):
-            try:
-                from ..staging.pilot import stage_in
-            except ImportError:
-                return self._fail(c, "STAGE_IN_FAILED", "staging support not installed")
+            from ..staging.pilot import stage_in  # only for tokens with inputs
+
             try:
                 if self._blocking(c, lambda: stage_in(doc, wd) or True) is None:
                     return
@@ -475,10 +467,8 @@ class Pilot:
             if p.exit_code == 0:
                 output = None
                 if doc.get("outputs"):
-                    try:
-                        from ..staging.pilot import stage_out
-                    except ImportError:
-                        return self._fail(c, "STAGE_OUT_FAILED", "staging support not installed", p, 0)
+                    from ..staging.pilot import stage_out
+
                     try:
                         output = self._blocking(
                             c, lambda: stage_out(doc, wd, c.claim, lambda: self._still_holding(c)))
