@@ -219,11 +219,26 @@ def test_conflicted_token(lrt, db):
     assert s["reasons"].get("conflicted") == 1
 
 
-def test_waiting_token(lrt, db):
-    make_tokens(db, [token("later", ["true"], type="dep", state="waiting")])
+def test_waiting_token_names_its_unmet_dependency(lrt, db):
+    make_tokens(db, [token("first", ["true"], type="dep"),
+                     token("later", ["true"], type="dep", state="waiting",
+                           after=[{"id": "first", "on": "ok"}])])
     w = why(lrt, "later")
-    assert reasons(w) == ["waiting"] and "dependencies" in w["reasons"][0]["message"]
-    assert why(lrt, "--type", "dep")["reasons"] == {"waiting": 1}
+    assert reasons(w) == ["waiting"]
+    assert "parent first (todo)" in w["reasons"][0]["message"] and "on: ok" in w["reasons"][0]["message"]
+    assert why(lrt, "--type", "dep")["reasons"] == {"waiting": 1, "no_pilot": 1}
+
+
+def test_blocked_and_pending_tokens(lrt, db):
+    make_tokens(db, [token("bad", ["false"], type="blk", state="error"),
+                     token("child", ["true"], type="blk", state="blocked", after=[{"id": "bad", "on": "ok"}],
+                           blocked_by={"id": "bad", "state": "error", "on": "ok"}),
+                     token("job", ["true"], type="blk", state="pending")])
+    w = why(lrt, "child")
+    assert reasons(w) == ["blocked"] and "token bad" in w["reasons"][0]["message"]
+    assert w["reasons"][0]["command"] == "lrt show bad"
+    assert reasons(why(lrt, "job")) == ["pending"]
+    assert why(lrt, "--type", "blk")["reasons"] == {"blocked": 1, "pending": 1, "error": 1}
 
 
 def test_bad_input(lrt, db):

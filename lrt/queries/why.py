@@ -51,7 +51,9 @@ class Reason(str, Enum):
     """What holds a token back (or, for the last few, that nothing does)."""
 
     CONFLICTED = "conflicted"              #: conflicting revisions: kept out of the claim queue
+    PENDING = "pending"                    #: submitted, not asked to run yet (UWS PHASE=RUN)
     WAITING = "waiting"                    #: dependencies not met (state ``waiting``)
+    BLOCKED = "blocked"                    #: a dependency can never be met (``blocked_by``)
     STAGING = "staging"                    #: inputs being brought online from tape
     NO_PILOT = "no_pilot"                  #: todo, but no pilot of its type seen
     WALLTIME = "walltime"                  #: expected duration longer than the pilots' walltime
@@ -206,6 +208,26 @@ class TokenWhy:
                 "pilots": self.pilots.as_json() if self.pilots else None}
 
 
+def _unmet(db: Database, doc: Dict[str, Any]) -> str:
+    """The sentence for a waiting token: the first dependency not met yet, with what it saw."""
+    from ..deps.release import Verdict, decide
+
+    try:
+        d = decide(db, doc)
+    except NotFound:  # the dependency views are not installed
+        return "waiting for its dependencies (run `lrt views install` to see which)"
+    if d.verdict is Verdict.MET or d.dep is None:
+        return ("waiting for its dependencies, which are all met now: the next release or sweep "
+                "(a pilot after a finish, an idle pilot, `lrt reap`) makes it todo")
+    on = d.dep.get("on") or "ok"
+    if d.dep.get("id"):
+        what = f"parent {d.dep['id']} ({d.seen})"
+    else:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted((d.seen or {}).items())) or "no tokens"
+        what = f"token set {d.dep.get('tokenset')} ({counts})"
+    return f"waiting for {what} to satisfy `on: {on}`; it becomes todo when every dependency is met"
+
+
 def explain(db: Database, doc_id: str, pilots: Optional[Pilots] = None) -> TokenWhy:
     """What holds token ``doc_id`` back; raises :class:`LrtError` for a missing id or a non-token."""
     doc = db.get_or_none(doc_id, conflicts=True)
@@ -221,8 +243,18 @@ def explain(db: Database, doc_id: str, pilots: Optional[Pilots] = None) -> Token
                           f"{len(doc['_conflicts'])} conflicting revision(s): kept out of the claim queue until "
                           f"resolved", command=_cmd("lrt", "reap")))
     targs = _type_args(ttype)
-    if state == "waiting":
-        holds.append(Hold(Reason.WAITING, "waiting for its dependencies; it becomes todo when they are met"))
+    if state == "pending":
+        holds.append(Hold(Reason.PENDING, "submitted but not asked to run yet (UWS PHASE=RUN; "
+                                          "`lrt submit --hold`)"))
+    elif state == "waiting":
+        holds.append(Hold(Reason.WAITING, _unmet(db, doc)))
+    elif state == "blocked":
+        by = doc.get("blocked_by") or {}
+        what = f"token {by['id']}" if by.get("id") else f"token set {by.get('tokenset')}"
+        holds.append(Hold(Reason.BLOCKED,
+                          f"{what} ended in a way that can never satisfy `on: {by.get('on') or 'ok'}`; "
+                          "resetting that parent sends this token back to waiting",
+                          command=_cmd("lrt", "show", str(by["id"])) if by.get("id") else None))
     elif state == "staging":
         n = len(doc.get("inputs") or [])
         holds.append(Hold(Reason.STAGING,
@@ -313,7 +345,7 @@ def _utc(t: float) -> str:
 # ---------------------------------------------------------------------------
 # a whole type
 
-_STATE_REASON = {"waiting": Reason.WAITING, "staging": Reason.STAGING, "done": Reason.DONE,
+_STATE_REASON = {"pending": Reason.PENDING, "waiting": Reason.WAITING, "blocked": Reason.BLOCKED, "staging": Reason.STAGING, "done": Reason.DONE,
                  "error": Reason.ERROR, "failed": Reason.ATTEMPTS_EXHAUSTED, "cancelled": Reason.CANCELLED}
 
 
