@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 from .. import errorcodes
 from ..couch import AuthError, NotFound
 from ..errors import LrtError
-from ..queries import failures, pilots, rates, status, tokens
+from ..queries import deps, failures, pilots, rates, status, tokens
 from ..states import State
 from . import actions
 from .app import WebContext, error_page
@@ -125,18 +125,26 @@ def routes(web: WebContext) -> List[BaseRoute]:
     # -- pages ----------------------------------------------------------------------
     def overview(request: Request) -> Response:
         ttype = _opt(request, "type")
-        st, ts, r, staging, lc, la = web.gather(
+        st, ts, r, staging, lc, la, edges = web.gather(
             lambda: status_of(ttype), lambda: tokensets(ttype),
             lambda: web.cached(("rates", ttype), lambda: rates.finished_per_minute(web.db, PLOT_MINUTES, ttype)),
             lambda: web.cached(("staging", ttype), lambda: tokens.page(
                 web.db, tokens.TokenFilter(state="staging", type=ttype), 10)),
             lambda: web.cached(("lease_counts",), lambda: pilots.lease_counts(web.db)),
-            lambda: launches(ttype))
+            lambda: launches(ttype),
+            lambda: web.cached(("setgraph",), lambda: deps.set_edges(web.db)))
         left = rates.remaining(st["states"])
+        set_states: Dict[str, Dict[str, int]] = {}
+        for name, by_type in ts.items():
+            merged = set_states.setdefault(name, {})
+            for by in by_type.values():
+                for s, n in by.items():
+                    merged[s] = merged.get(s, 0) + n
         plot = {"x": [m * 60 for m in r.minutes], "done": r.done, "failed": r.failed}
         return page(request, "overview", type=ttype, st=st, tokensets=ts, rates=r,
                     remaining=left, eta=rates.format_eta(r.eta(left)), per_minute=r.per_minute(),
-                    staging=staging, launches=la, lease_counts=lc, plot=plot,
+                    staging=staging, launches=la, lease_counts=lc, plot=plot, edges=edges,
+                    set_states=set_states,
                     done_last=sum(r.done[-61:-1]), failed_last=sum(r.failed[-61:-1]))
 
     def failures_page(request: Request) -> Response:

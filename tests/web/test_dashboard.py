@@ -236,3 +236,28 @@ def _reset_through_ui(couch, db, d, page, artefacts):
         assert doc["history"][-1]["state"] == "error"  # history kept
     page.goto(d.url + "/failures")
     assert page.locator('[data-testid="no-failures"]').count() == 1
+
+
+def test_overview_shows_the_set_level_dependency_graph(db, couch, page, tmp_path):
+    """Sets whose tokens wait for other sets (``after:``) appear as parent -> child rows,
+    each with its progress; per-token dependencies count towards their parent's set."""
+    make_tokens(db, [token(f"calib_{i}", ["true"], type="calib", tokenset="calib", state="done")
+                     for i in range(3)]
+                + [token(f"image_{i}", ["true"], type="image", tokenset="image", state="waiting",
+                         after=[{"id": f"calib_{i}", "set": "calib", "on": "ok"}]) for i in range(3)]
+                + [token("mosaic", ["true"], type="mosaic", tokenset="mosaic", state="waiting",
+                         after=[{"tokenset": "image", "on": "ok"}])])
+    d = Dashboard(couch, db.name, tmp_path / "dashboard.log")
+    try:
+        page.goto(d.url + "/")
+        graph = page.locator('[data-testid="set-graph"]')
+        graph.wait_for()
+        rows = graph.locator("tbody tr")
+        edges = [(rows.nth(i).get_attribute("data-parent"), rows.nth(i).get_attribute("data-child"),
+                  rows.nth(i).locator("td.num").inner_text()) for i in range(rows.count())]
+        assert edges == [("calib", "image", "3"), ("image", "mosaic", "1")]  # parents first
+        # the parent set's bar shows its 3 done tokens
+        assert graph.locator('tr[data-parent="calib"] rect.s-done title').first.text_content() == "done 3"
+        assert not page.errors, page.errors
+    finally:
+        d.stop()
