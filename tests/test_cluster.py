@@ -187,7 +187,8 @@ def test_when_every_claim_yields_the_one_choose_leaf_keeps_runs(db, couch, proxy
 
 
 def test_resolver_leaves_live_locks_alone_and_is_idempotent(db):
-    from lrt.cli.tokens import format_status, status_json
+    from lrt.cli.tokens import format_status
+    from lrt.queries.status import status_json
 
     make_tokens(db, [token("live", ["true"]), token("dead", ["true"]), token("fin", ["true"])])
     now = time.time()

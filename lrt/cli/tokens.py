@@ -14,8 +14,6 @@ import sys
 from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import LrtError
-from ..queries.pilots import pilot_summary
-from ..queries.status import status_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -230,6 +228,9 @@ def format_pilots(rows: List[Dict[str, Any]]) -> str:
 def cmd_status(ctx) -> int:
     if ctx.args.watch:
         return _watch(ctx)
+    from ..queries.pilots import pilot_summary
+    from ..queries.status import status_json
+
     st = status_json(ctx.db, ctx.args.type)
     st["pilots"] = pilot_summary(ctx.db, ctx.args.type)
     if ctx.args.json:
@@ -253,6 +254,7 @@ def _watch(ctx) -> int:
     import time
 
     from ..queries.rates import finished_per_minute
+    from ..queries.status import status_json
 
     a = ctx.args
     if a.interval <= 0:
