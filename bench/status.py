@@ -9,10 +9,13 @@ For each size N: a fresh database gets N tokens (two types, three states), the
 * ``lrt status`` is run once as a subprocess (the user's wall time, including
   Python start-up; the start-up of ``lrt --version`` is printed for reference).
 
-Starts its own local server in a temporary folder unless LRT_COUCH_URL is set.
+Starts its own local server in a temporary folder unless LRT_BENCH_COUCH_URL
+(credentials as in bench/benchlib.py) or LRT_COUCH_URL is set.
 
     python3 bench/status.py                       # N = 10000 and 100000
     python3 bench/status.py --sizes 10000 --repeat 5
+    LRT_BENCH_COUCH_URL=http://127.0.0.1:5984 python3 bench/status.py --sizes 1000000 --keep
+        # --keep: the database (lrt_bench_status_N) is kept, and reused by the next --keep run
 """
 from __future__ import annotations
 
@@ -63,6 +66,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--repeat", type=int, default=5, help="timed function calls per size")
+    ap.add_argument("--keep", action="store_true", help="keep each database (lrt_bench_status_N) and "
+                    "reuse it if it holds N tokens already (then 'created' is not measured)")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lrt-bench-") as tmpd:
         tmp = Path(tmpd)
@@ -75,13 +80,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                            capture_output=True, cwd=ROOT)
             print(f"python start-up of `lrt --version`: {time.perf_counter() - t0:.2f} s")
             for n in [int(x) for x in a.sizes.split(",") if x]:
-                db = server.database(f"lrt_bench_status_{n}_{os.getpid()}")
-                db.delete()
-                db.create()
-                design.install(db)
+                db = server.database(f"lrt_bench_status_{n}" + ("" if a.keep else f"_{os.getpid()}"))
+                reuse = a.keep and db.exists() and status_json(db)["total"] == n
+                if not reuse:
+                    db.delete()
+                    db.create()
+                    design.install(db)
                 try:
                     t0 = time.perf_counter()
-                    populate(db, tmp, n)
+                    if not reuse:
+                        populate(db, tmp, n)
                     made = time.perf_counter() - t0
                     t0 = time.perf_counter()
                     st = status_json(db)
@@ -103,7 +111,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                           f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f}, {a.repeat} calls); "
                           f"`lrt status` subprocess {cli:.2f} s")
                 finally:
-                    db.delete()
+                    if not a.keep:
+                        db.delete()
             print(out.stdout.rstrip())
     return 0
 
