@@ -50,6 +50,7 @@ from ..errors import LrtError
 from .claim import (Candidates, Claimed, Finishing, PendingClaim, Stats, TokenClient, reap_expired,
                     resolve_conflicts)
 from .run import INLINE_MAX, Payload, capped_log, command_argv, describe_failure, payload_env, write_token_file
+from .run import remove_workdir
 
 log = logging.getLogger("lrt.pilot")
 
@@ -351,7 +352,7 @@ class Pilot:
             self._process_in(c, wd)
         finally:
             if not self.o.keep_workdirs:
-                shutil.rmtree(wd, ignore_errors=True)
+                remove_workdir(wd)
 
     def _fail(self, c: Claimed, code_name: str, message: str, payload: Optional[Payload] = None,
               exit_code: Optional[int] = None) -> None:
