@@ -172,6 +172,8 @@ def payload_env(doc: Mapping[str, Any], pilot_id: str, workdir: Path,
 def tail(path: Path, nbytes: int = TAIL_BYTES) -> str:
     """The last ``nbytes`` of a file as text (undecodable bytes replaced)."""
     try:
+        if os.stat(path).st_size == 0:  # the usual case of a quiet payload: no open/read
+            return ""
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
