@@ -540,7 +540,7 @@ class Candidates:
     reused that long anyway; an empty window forgets it at once.
     """
 
-    def __init__(self, db: Database, token_type: Optional[str], batch: int = 25,
+    def __init__(self, db: Database, token_type: Optional[str], batch: int = 100,
                  max_age: float = 30.0, stale_after: int = 3, stats: Optional[Stats] = None,
                  max_groups: int = 8):
         self.db = db

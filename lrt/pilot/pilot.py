@@ -77,7 +77,7 @@ class PilotOptions:
     workdir: Optional[Path] = None
     keep_workdirs: bool = False
     #: rows fetched per ``todo`` view query
-    batch: int = 25
+    batch: int = 100
     #: seconds between SIGTERM and SIGKILL when stopping a payload
     term_grace: float = 5.0
     #: seconds to keep trying to record a result while the server is unreachable
