@@ -2,9 +2,12 @@
 """lrt vs picas 1.1.2: the same workload, the same server, the same run.
 
     python3 bench/compare_picas.py [--tokens 2000] [--pilots 8,32] [--systems picas,lrt]
+    LRT_BENCH_COUCH_USER=admin LRT_BENCH_COUCH_PASSWORD_FILE=pw \
+        python3 bench/compare_picas.py --url http://127.0.0.1:5984 --server-pid PID
 
-For each pilot count and each system: a fresh database on one local server
-(lrt.server.LocalServer, started here on a free loopback port), N no-op tokens,
+For each pilot count and each system: a fresh database on one server (a local
+lrt.server.LocalServer started here on a free loopback port, or the external
+server of ``--url``, see bench/benchlib.py), N no-op tokens,
 N pilots started at once, each payload appending its token id to that pilot's
 own file. Reported per run:
 
@@ -14,8 +17,11 @@ own file. Reported per run:
 * tokens executed more than once, and never;
 * HTTP requests per token, counted inside each pilot (couchdb-python's
   ``Session.request`` for picas; ``lrt.couch.Server.requests_sent`` for lrt);
-* server CPU seconds per token: utime+stime of the server process from
-  /proc/<pid>/stat before and after.
+* server CPU seconds per token: utime+stime of the server process and all its
+  descendants (Apache CouchDB: beam.smp plus its JavaScript processes) from
+  /proc before and after; the JavaScript share is also given;
+* pilot + payload CPU per token: the rusage of the reaped pilots and, through
+  them, of their payloads.
 
 picas runs from bench/.venv-picas (created here from bench/requirements-picas.txt
 on first use); it is never a dependency of lrt. Both systems' payload is the
@@ -47,8 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 from lrt import design  # noqa: E402
 from lrt.couch import Database, Server  # noqa: E402
-from lrt.server import LocalServer, free_port  # noqa: E402
-from benchlib import cpu_seconds as server_cpu  # noqa: E402
+from benchlib import Target, add_affinity_arg, child_env, add_server_args, apply_affinity, target  # noqa: E402
 
 VENV = HERE / ".venv-picas"
 VENV_PY = VENV / "bin" / "python"
@@ -106,23 +111,24 @@ def setup_lrt(db: Database, n: int) -> None:
     db.view("lrt", "tokens", limit=1, reduce=False)
 
 
-def setup_picas(srv: LocalServer, db: Database, n: int) -> None:
-    env = dict(os.environ, BENCH_COUCH_PASSWORD=srv.password)
-    subprocess.run([str(VENV_PY), str(HERE / "picas_pilot.py"), "setup", srv.url, db.name, srv.user,
+def setup_picas(srv: Target, db: Database, n: int) -> None:
+    env = child_env(BENCH_COUCH_PASSWORD=srv.password or "")
+    subprocess.run([str(VENV_PY), str(HERE / "picas_pilot.py"), "setup", srv.url, db.name, srv.user or "",
                     str(n)], env=env, check=True)
     db.view("Monitor", "todo", limit=1)  # build the index before the clock starts
 
 
-def launch(system: str, srv: LocalServer, db: Database, k: int, out: Path) -> subprocess.Popen:
+def launch(system: str, srv: Target, db: Database, k: int, out: Path) -> subprocess.Popen:
     outfile, reqfile = out / f"pilot-{k:03d}.ids", out / f"pilot-{k:03d}.req.json"
     if system == "picas":
-        env = dict(os.environ, BENCH_COUCH_PASSWORD=srv.password)
-        cmd = [str(VENV_PY), str(HERE / "picas_pilot.py"), "pilot", srv.url, db.name, srv.user,
+        env = child_env(BENCH_COUCH_PASSWORD=srv.password or "")
+        cmd = [str(VENV_PY), str(HERE / "picas_pilot.py"), "pilot", srv.url, db.name, srv.user or "",
                str(outfile), str(reqfile)]
         cwd = str(out)
     else:
-        env = dict(os.environ, LRT_COUCH_URL=srv.url, LRT_COUCH_USER=srv.user,
-                   LRT_COUCH_PASSWORD=srv.password, LRT_COUCH_DB=db.name,
+        env = child_env(**srv.env())
+        env.pop("LRT_COUCH_PASSWORD_FILE", None)
+        env.update(LRT_COUCH_DB=db.name,
                    LRT_CONFIG="/nonexistent/lrt-config.yaml", BENCH_OUT=str(outfile),
                    BENCH_REQ_FILE=str(reqfile), PYTHONPATH=str(ROOT))
         cmd = [sys.executable, "-c", LRT_WRAPPER, "pilot", "--type", "bench", "--idle-exit", "2",
@@ -148,17 +154,26 @@ def count_done(system: str, db: Database) -> Dict[str, int]:
     return dict(c)
 
 
-def run_one(system: str, srv: LocalServer, admin: Server, n_tokens: int, n_pilots: int,
+def run_one(system: str, srv: Target, admin: Server, n_tokens: int, n_pilots: int,
             base: Path, timeout: float) -> Dict[str, Any]:
+    """One drain on a fresh, uniquely named database (deleted afterwards, whatever happens)."""
+    db = admin.database(f"bench_{system}_{n_pilots}_{secrets.token_hex(4)}")
+    db.create(exist_ok=False)
+    try:
+        return _drain(system, srv, db, n_tokens, n_pilots, base, timeout)
+    finally:
+        db.delete()
+
+
+def _drain(system: str, srv: Target, db: Database, n_tokens: int, n_pilots: int,
+           base: Path, timeout: float) -> Dict[str, Any]:
     load_before = os.getloadavg()[0]
-    db = admin.database(f"bench_{system}_{n_pilots}_{secrets.token_hex(3)}")
-    db.create()
     if system == "picas":
         setup_picas(srv, db, n_tokens)
     else:
         setup_lrt(db, n_tokens)
     out = Path(tempfile.mkdtemp(prefix=f"{system}-{n_pilots}-", dir=base))
-    cpu0 = server_cpu(srv.pid)
+    cpu0 = srv.cpu_split() if srv.has_cpu else (0.0, 0.0)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.time()
     procs = [launch(system, srv, db, k, out) for k in range(n_pilots)]
@@ -176,7 +191,7 @@ def run_one(system: str, srv: LocalServer, admin: Server, n_tokens: int, n_pilot
     for p in procs:
         p.wait()
     t_exit = time.time()
-    cpu1 = server_cpu(srv.pid)
+    cpu1 = srv.cpu_split() if srv.has_cpu else (0.0, 0.0)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     client_cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     timed_out = t_exit > deadline
@@ -208,7 +223,11 @@ def run_one(system: str, srv: LocalServer, admin: Server, n_tokens: int, n_pilot
         "end_to_end_s": round(t_exit - t0, 3), "tokens_per_s_end_to_end": round(n_tokens / (t_exit - t0), 1),
         "startup_s": round((t_first or t0) - t0, 3),
         "http_requests_per_token": round(requests / n_tokens, 2) if not missing_req else None,
-        "server_cpu_ms_per_token": round(1000 * (cpu1 - cpu0) / n_tokens, 3),
+        # the server's processes and all their descendants (CouchDB: beam.smp + JavaScript)
+        "server_cpu_ms_per_token": round(1000 * (cpu1[1] - cpu0[1]) / n_tokens, 3) if srv.has_cpu else None,
+        # of which in the descendants (CouchDB: the JavaScript query servers)
+        "server_children_cpu_ms_per_token": (round(1000 * ((cpu1[1] - cpu1[0]) - (cpu0[1] - cpu0[0])) / n_tokens, 3)
+                                             if srv.has_cpu else None),
         # pilots and their payloads (sh), reaped children of this process
         "pilot_cpu_ms_per_token": round(1000 * client_cpu / n_tokens, 3),
         "db_states": count_done(system, db), "pilot_exit_codes": dict(rcs),
@@ -217,19 +236,18 @@ def run_one(system: str, srv: LocalServer, admin: Server, n_tokens: int, n_pilot
         # other work on the machine disturbs the figures: say how busy it was
         "loadavg_1min_before": round(load_before, 2), "loadavg_1min_after": round(os.getloadavg()[0], 2),
     }
-    db.delete()
     return res
 
 
 def fmt_table(results: List[Dict[str, Any]]) -> str:
     lines = ["| pilots | system | run | load before/after | tokens/s (drain) | tokens/s (end to end) | executed >1 | never executed "
-             "| HTTP req/token | server CPU ms/token | pilot+payload CPU ms/token |",
+             "| HTTP req/token | server CPU ms/token (of which children, e.g. JS) | pilot+payload CPU ms/token |",
              "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['pilots']} | {r['system']} | {r.get('repeat', 0) + 1} "
                      f"| {r['loadavg_1min_before']}/{r['loadavg_1min_after']} | {r['tokens_per_s']} | {r['tokens_per_s_end_to_end']} "
                      f"| {r['executed_more_than_once']} | {r['never_executed']} "
-                     f"| {r['http_requests_per_token']} | {r['server_cpu_ms_per_token']} "
+                     f"| {r['http_requests_per_token']} | {r['server_cpu_ms_per_token']} ({r['server_children_cpu_ms_per_token']}) "
                      f"| {r['pilot_cpu_ms_per_token']} |")
     return "\n".join(lines)
 
@@ -247,32 +265,36 @@ def main() -> int:
                     help="tokens of an unrecorded warm-up drain per system, 8 pilots (0: none)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, id files)")
+    add_server_args(ap)
+    add_affinity_arg(ap)
     args = ap.parse_args()
+    cpus = apply_affinity(args.pilot_cpus)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if "picas" in systems:
         ensure_picas_venv()
     base = Path(tempfile.mkdtemp(prefix="lrt-bench-picas-"))
-    srv = LocalServer.start(base=base / "server", port=free_port())
     results = []
     try:
-        admin = Server(srv.url, srv.user, srv.password)
-        # The local server is a Node process: its first thousands of requests run
-        # while V8 is still compiling the hot paths (measured: the same lrt run used
-        # 14 ms of server CPU per token on a fresh server, 9 ms on a warm one).  Both
-        # systems get an unrecorded warm-up drain, so neither pays for it in the table.
-        if args.warmup:
-            for system in systems:
-                run_one(system, srv, admin, args.warmup, 8, base, args.timeout)
-        for n_pilots in [int(x) for x in args.pilots.split(",")]:
-            for rep in range(args.repeat):
-                # alternate the order so neither system always runs first
-                for system in (systems if rep % 2 == 0 else systems[::-1]):
-                    r = run_one(system, srv, admin, args.tokens, n_pilots, base, args.timeout)
-                    r["repeat"] = rep
-                    results.append(r)
-                    print(json.dumps(r), flush=True)
+        with target(args, base / "server") as srv:
+            admin = srv.server(cookie_auth=True)
+            print(f"{srv.describe()}; {admin.info().get('version', '?')}; pilots on CPUs "
+                  f"{cpus or sorted(os.sched_getaffinity(0))}", file=sys.stderr)
+            # The local server is a Node process: its first thousands of requests run
+            # while V8 is still compiling the hot paths (measured: the same lrt run used
+            # 14 ms of server CPU per token on a fresh server, 9 ms on a warm one).  Both
+            # systems get an unrecorded warm-up drain, so neither pays for it in the table.
+            if args.warmup:
+                for system in systems:
+                    run_one(system, srv, admin, args.warmup, 8, base, args.timeout)
+            for n_pilots in [int(x) for x in args.pilots.split(",")]:
+                for rep in range(args.repeat):
+                    # alternate the order so neither system always runs first
+                    for system in (systems if rep % 2 == 0 else systems[::-1]):
+                        r = run_one(system, srv, admin, args.tokens, n_pilots, base, args.timeout)
+                        r["repeat"] = rep
+                        results.append(r)
+                        print(json.dumps(r), flush=True)
     finally:
-        srv.stop()
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
         else:

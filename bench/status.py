@@ -16,11 +16,14 @@ pilot``) has used when it opens its first connection to the server (an audit
 hook on ``socket.connect`` in a ``sitecustomize`` reads ``getrusage`` there and
 ends the process).  On a shared machine the minimum is the figure to quote.
 
-Starts its own local server in a temporary folder unless LRT_COUCH_URL is set.
+Starts its own local server in a temporary folder unless LRT_BENCH_COUCH_URL
+(credentials as in bench/benchlib.py) or LRT_COUCH_URL is set.
 
     python3 bench/status.py                       # N = 10000 and 100000
     python3 bench/status.py --sizes 10000 --repeat 5
     git archive c12dedd | tar -x -C /tmp/base && python3 bench/status.py --sizes "" --compare-with /tmp/base
+    LRT_BENCH_COUCH_URL=http://127.0.0.1:5984 python3 bench/status.py --sizes 1000000 --keep
+        # --keep: the database (lrt_bench_status_N) is kept, and reused by the next --keep run
 """
 from __future__ import annotations
 
@@ -148,6 +151,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--compare-with", action="append", default=[], metavar="DIR",
                     help="also measure the start-up of another checkout (e.g. `git archive` of an "
                          "older commit), in turns with this one")
+    ap.add_argument("--keep", action="store_true", help="keep each database (lrt_bench_status_N) and "
+                    "reuse it if it holds N tokens already (then 'created' is not measured)")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lrt-bench-") as tmpd:
         tmp = Path(tmpd)
@@ -157,13 +162,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"at {server.url}; python {sys.version.split()[0]}")
             startup(env, tmp, a.runs, [Path(x).resolve() for x in a.compare_with])
             for n in [int(x) for x in a.sizes.split(",") if x]:
-                db = server.database(f"lrt_bench_status_{n}_{os.getpid()}")
-                db.delete()
-                db.create()
-                design.install(db)
+                db = server.database(f"lrt_bench_status_{n}" + ("" if a.keep else f"_{os.getpid()}"))
+                reuse = a.keep and db.exists() and status_json(db)["total"] == n
+                if not reuse:
+                    db.delete()
+                    db.create()
+                    design.install(db)
                 try:
                     t0 = time.perf_counter()
-                    populate(db, tmp, n)
+                    if not reuse:
+                        populate(db, tmp, n)
                     made = time.perf_counter() - t0
                     t0 = time.perf_counter()
                     st = status_json(db)
@@ -188,7 +196,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                           f"`lrt status` subprocess wall {spread(walls)}, CPU {spread(cpus)} "
                           f"({a.runs} runs)")
                 finally:
-                    db.delete()
+                    if not a.keep:
+                        db.delete()
             if a.sizes:
                 print(stdout.rstrip())
     return 0

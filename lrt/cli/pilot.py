@@ -54,8 +54,8 @@ def add_pilot_options(p: argparse.ArgumentParser) -> None:
                    help="reap leases expired this long ago by the server clock (default 30)")
     p.add_argument("--workdir", type=Path, help="parent of per-token work dirs (default: a temp dir)")
     p.add_argument("--keep-workdirs", action="store_true", help="keep per-token work dirs")
-    p.add_argument("--batch", type=int, default=25,
-                   help="candidates (with their documents) read per queue window (default 25)")
+    p.add_argument("--batch", type=int, default=100,
+                   help="candidates (with their documents) read per queue window (default 100)")
     p.add_argument("--term-grace", type=float, default=5.0, metavar="SECONDS",
                    help="between SIGTERM and SIGKILL when stopping a payload (default 5)")
     p.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",

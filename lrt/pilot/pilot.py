@@ -59,6 +59,7 @@ from ..errors import LrtError
 from .claim import (Candidates, Claimed, Finishing, PendingClaim, Stats, TokenClient, reap_expired,
                     resolve_conflicts)
 from .run import INLINE_MAX, Payload, capped_log, command_argv, describe_failure, payload_env, write_token_file
+from .run import remove_workdir
 
 log = logging.getLogger("lrt.pilot")
 
@@ -85,7 +86,7 @@ class PilotOptions:
     workdir: Optional[Path] = None
     keep_workdirs: bool = False
     #: rows fetched per ``todo`` view query
-    batch: int = 25
+    batch: int = 100
     #: seconds between SIGTERM and SIGKILL when stopping a payload
     term_grace: float = 5.0
     #: seconds to keep trying to record a result while the server is unreachable
@@ -409,7 +410,7 @@ class Pilot:
             self._process_in(c, wd)
         finally:
             if not self.o.keep_workdirs:
-                shutil.rmtree(wd, ignore_errors=True)
+                remove_workdir(wd)
 
     def _fail(self, c: Claimed, code_name: str, message: str, payload: Optional[Payload] = None,
               exit_code: Optional[int] = None) -> None:
