@@ -288,6 +288,14 @@ def _isdir(path: str) -> bool:
     return os.path.isdir(path)
 
 
+def _failure_kind(exc: BaseException) -> str:
+    """One name for a failed connection whichever transport met it: ``Timeout`` or
+    ``ConnectionError`` (requests' own names; http.client raises OSErrors)."""
+    if isinstance(exc, requests.RequestException):
+        return "Timeout" if isinstance(exc, requests.Timeout) else "ConnectionError"
+    return "Timeout" if isinstance(exc, (socket.timeout, TimeoutError)) else "ConnectionError"
+
+
 def _auth_header(auth: Any) -> Optional[str]:
     """The ``Authorization`` header requests would send for ``auth`` (basic only)."""
     if auth is None:
@@ -434,12 +442,12 @@ class Server:
                     resp = self.session.request(method, url, params=enc, data=body, headers=hdrs,
                                                 stream=stream, timeout=timeout or self.timeout)
             except (requests.ConnectionError, requests.Timeout, OSError, http.client.HTTPException) as exc:
+                kind = _failure_kind(exc)
                 if replayable and attempt <= self.retries and (self._answered or not self.fail_fast):
-                    self._sleep(attempt, None, f"{method} {path}: {type(exc).__name__}")
+                    self._sleep(attempt, None, f"{method} {path}: {kind}")
                     continue
                 raise CouchConnectionError(
-                    f"cannot reach CouchDB at {self.url} ({type(exc).__name__}) "
-                    f"after {attempt} attempt(s)") from None
+                    f"cannot reach CouchDB at {self.url} ({kind}) after {attempt} attempt(s)") from None
             self._note_date(resp)
             self._answered = True
             status = resp.status_code

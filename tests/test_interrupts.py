@@ -97,7 +97,12 @@ def test_interrupted_create_stops_reports_and_a_rerun_completes_the_set(couch, s
         try:
             at = after if after is not None else rng.uniform(0.5, 3.0)
             rc, shown, took = run_in_pty(lrt + ["create", str(cfg), "--batch-size", "200"], env, at, how)
-            assert "Traceback" not in shown, shown
+            # a signal that comes while the interpreter itself is still starting (runpy, the
+            # import system: before any line of lrt runs) ends it with Python's own report
+            frames = [ln.strip() for ln in shown.splitlines() if ln.strip().startswith("File ")]
+            in_startup = "KeyboardInterrupt" in shown and all(
+                f.startswith('File "<frozen ') or f.endswith("in <module>") for f in frames)
+            assert "Traceback" not in shown or in_startup, shown
             assert couch.password not in shown
             m = re.search(r"interrupted: (\d+) token\(s\) created.*?\((\d+)(?: of \d+)? done"
                           r"(?:; (\d+) more were being written)?", shown, re.S)
@@ -109,7 +114,7 @@ def test_interrupted_create_stops_reports_and_a_rerun_completes_the_set(couch, s
                 # killed by it, or stopped as the command was starting -- nothing written
                 assert rc in (-2, -15, 130, 143) and have == 0, (how, at, rc, have, shown)
                 # (the terminal itself echoes a typed Ctrl-C as "^C": not lrt's output)
-                assert shown.replace("^C", "").strip() in ("", "lrt: interrupted"), shown
+                assert in_startup or shown.replace("^C", "").strip() in ("", "lrt: interrupted"), shown
             else:
                 assert rc == (130 if how == "ctrl-c" else 143), (how, at, rc, shown)
                 assert "Run the same command again" in shown
