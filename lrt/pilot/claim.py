@@ -653,8 +653,7 @@ class Candidates:
     without a write; if a whole priority group is unclaimable now (retry
     backoff, walltime), the next group is read too.  The first group found is
     remembered for ``max_age`` seconds: the next refreshes read its window
-    directly, without the ``limit=1`` query (one request less per refresh,
-    measured on Apache CouchDB as 0.15 requests per token at 32 pilots), so a
+    directly, without the ``limit=1`` query (one request less per refresh), so a
     new higher-priority group is seen within ``max_age``, as a window is
     reused that long anyway; an empty window forgets it at once.
     """
