@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
+from typing import Any, Sequence
 
 from ..errors import LrtError
 
@@ -47,39 +48,58 @@ def cmd_dashboard(ctx) -> int:
     if a.refresh <= 0:
         raise DashboardError("--refresh must be positive")
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - present? (served by serve_app)
 
         from ..web.app import WebContext, create_app
     except ImportError as exc:
         raise DashboardError(f"the dashboard needs the web extra: pip install 'lrt[web]' ({exc.name} missing)")
-    settings = ctx.settings
-    from .. import design
-    from ..couch import Server
-
     db = ctx.db
     if not db.exists():
         raise LrtError(f"database {db.name} does not exist on {db.server.url}")
-    want = design.build("lrt-web")["lrt_hash"]
-    have = db.get_or_none("_design/lrt-web")
-    if have is None or have.get("lrt_hash") != want:
-        print("lrt dashboard: warning: the dashboard's views (_design/lrt-web) are missing or outdated; "
-              "run `lrt views install` (pages need them)", file=sys.stderr, flush=True)
-
-    def make_user_db(user: str, password: str):
-        return Server(settings.url, user, password, verify=settings.verify, retries=1).database(settings.db)
-
-    web = WebContext(lambda: settings.database(), allow_actions=a.allow_actions, refresh=a.refresh,
-                     make_user_db=make_user_db)
+    warn_outdated(db, ("lrt-web",), "lrt dashboard")
+    web = web_context(ctx, WebContext)
     hosts = ["127.0.0.1", "localhost", "[::1]", "::1", a.bind]
     app = create_app(web, allowed_hosts=hosts)
     host = f"[{a.bind}]" if ":" in a.bind else a.bind
     print(f"lrt dashboard: http://{host}:{a.port}/  (database {db.name} on {db.server.url}, "
           f"{'actions allowed' if a.allow_actions else 'read-only'}; Ctrl-C stops)", flush=True)
+    return serve_app(app, a, "lrt dashboard")
+
+
+def warn_outdated(db: Any, ddocs: Sequence[str], prog: str) -> None:
+    """A warning on stderr for each design document the pages need that is missing or outdated."""
+    from .. import design
+
+    for ddoc in ddocs:
+        have = db.get_or_none(f"_design/{ddoc}")
+        if have is None or have.get("lrt_hash") != design.build(ddoc)["lrt_hash"]:
+            print(f"{prog}: warning: _design/{ddoc} is missing or outdated; run `lrt views install` "
+                  "(pages need it)", file=sys.stderr, flush=True)
+
+
+def web_context(ctx: Any, context_class: Any) -> Any:
+    """The web app's context for the configured database; actions are written as the
+    user who confirms them (``make_user_db``), never as the configured account."""
+    from ..couch import Server
+
+    a, settings = ctx.args, ctx.settings
+
+    def make_user_db(user: str, password: str) -> Any:
+        return Server(settings.url, user, password, verify=settings.verify, retries=1).database(settings.db)
+
+    return context_class(lambda: settings.database(), allow_actions=a.allow_actions, refresh=a.refresh,
+                         make_user_db=make_user_db)
+
+
+def serve_app(app: Any, a: Any, prog: str) -> int:
+    """Serve ``app`` on ``a.bind``:``a.port`` until Ctrl-C or SIGTERM."""
+    import uvicorn
+
     config = uvicorn.Config(app, host=a.bind, port=a.port, log_level="warning", access_log=False,
                             lifespan="off", server_header=False)
     try:
         uvicorn.Server(config).run()  # shuts down gracefully on SIGINT/SIGTERM
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: the normal way to stop
         pass
-    print("lrt dashboard: stopped", flush=True)
+    print(f"{prog}: stopped", flush=True)
     return 0

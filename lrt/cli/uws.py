@@ -35,39 +35,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(ctx) -> int:
-    from .dashboard import _loopback
+    from .dashboard import _loopback, serve_app, warn_outdated, web_context
 
     a = ctx.args
     if not _loopback(a.bind):
         raise ServeError(f"--bind {a.bind}: lrt serve listens on loopback addresses only; "
                          "reach it through ssh -L or a TLS reverse proxy")
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - present? (served by serve_app)
 
         from ..web.app import WebContext, create_app
         from ..web.uws import make_routes
     except ImportError as exc:
         raise ServeError(f"lrt serve needs the web extra: pip install 'lrt[web]' ({exc.name} missing)")
-    from .. import design
-    from ..couch import Server
     from ..tasks import TaskRegistry
 
-    settings = ctx.settings
     db = ctx.db
     if not db.exists():
         raise LrtError(f"database {db.name} does not exist on {db.server.url}")
-    for ddoc in ("lrt-web", "lrt-uws"):
-        have = db.get_or_none(f"_design/{ddoc}")
-        if have is None or have.get("lrt_hash") != design.build(ddoc)["lrt_hash"]:
-            print(f"lrt serve: warning: _design/{ddoc} is missing or outdated; run `lrt views install`",
-                  file=sys.stderr, flush=True)
+    warn_outdated(db, ("lrt-web", "lrt-uws"), "lrt serve")
     tasks = TaskRegistry(a.tasks)
-
-    def make_user_db(user: str, password: str):
-        return Server(settings.url, user, password, verify=settings.verify, retries=1).database(settings.db)
-
-    web = WebContext(lambda: settings.database(), allow_actions=a.allow_actions, refresh=a.refresh,
-                     make_user_db=make_user_db)
+    web = web_context(ctx, WebContext)
     lists = [make_routes(tasks, max_wait=a.max_wait)]
     if not a.no_dashboard:
         from ..web.dashboard import routes as dashboard_routes
@@ -83,14 +71,7 @@ def cmd_serve(ctx) -> int:
     host = f"[{a.bind}]" if ":" in a.bind else a.bind
     print(f"lrt serve: http://{host}:{a.port}/ (UWS: /uws/{{task}}, tasks {', '.join(tasks.names()) or 'none'} "
           f"from {tasks.folder}; database {db.name} on {db.server.url}; Ctrl-C stops)", flush=True)
-    config = uvicorn.Config(app, host=a.bind, port=a.port, log_level="warning", access_log=False,
-                            lifespan="off", server_header=False)
-    try:
-        uvicorn.Server(config).run()
-    except KeyboardInterrupt:
-        pass
-    print("lrt serve: stopped", flush=True)
-    return 0
+    return serve_app(app, a, "lrt serve")
 
 
 def cmd_provenance(ctx) -> int:
