@@ -43,12 +43,15 @@ def main(argv):
     if action in ("stage", "prep"):
         for p in paths:
             k = key(p)
-            with open(k + ".req", "a") as fh:
-                fh.write(reqid + "\n")
-            with open(k + ".time", "w") as fh:
+            # the request id goes in last: a concurrent "query" that sees it must also see the
+            # request time and no stale error (gfal2 fails the poll "timestamp missing" otherwise)
+            with open(k + ".time.tmp", "w") as fh:
                 fh.write(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            os.replace(k + ".time.tmp", k + ".time")
             if os.path.exists(k + ".err"):
                 os.unlink(k + ".err")
+            with open(k + ".req", "a") as fh:
+                fh.write(reqid + "\n")
             delay = float(os.environ.get("STAGE_DELAY", "3"))
             if os.path.exists(TAPE + p + ".delay"):
                 delay = float(open(TAPE + p + ".delay").read().strip())
