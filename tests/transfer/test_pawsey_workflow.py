@@ -108,8 +108,10 @@ def test_pawsey_three_set_workflow(s3, bucket, couch, db, tmp_path, lrt_cmd):
     for i in range(4):
         si, co = docs[f"stagein_{i:04d}"], docs[f"compute_{i:04d}"]
         assert si["state"] == "done"
-        assert co["history"][0]["claimed"] >= si["history"][-1]["finished"]
-        assert co["timings"]["started"] >= si["history"][-1]["finished"]
+        # both stamps come from two pilots' estimates of the server clock (HTTP Date: whole seconds,
+        # plus request latency under load), so the order is checked to within that resolution
+        assert co["history"][0]["claimed"] >= si["history"][-1]["finished"] - 2.5
+        assert co["timings"]["started"] >= si["history"][-1]["finished"] - 2.5
         assert co["history"][0]["batch_job"]["system"] == "slurm"
         assert co["inputs"] == [{"url": si["output"][0]["url"], "checksum": si["output"][0]["checksum"],
                                  "from": si["_id"]}]
