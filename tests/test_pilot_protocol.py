@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from lrt import errorcodes, states
-from lrt.pilot.claim import Candidates, TokenClient, choose_leaf, reap_expired, resolve_conflicts
+from lrt.protocol.client import TokenClient
+from lrt.protocol.conflicts import choose_leaf, resolve_conflicts
+from lrt.protocol.reaping import reap_expired
+from lrt.protocol.window import Candidates
 
 from pilot_helpers import ROOT, make_tokens, poll, token
 
@@ -66,7 +69,7 @@ def test_finish_of_one_token_and_claim_of_the_next_is_one_request(db):
 
 
 def _finishing(got, body):
-    from lrt.pilot.claim import Finishing
+    from lrt.protocol.client import Finishing
     return Finishing(got.doc, got.claim, body)
 
 
@@ -335,7 +338,7 @@ def test_error_code_doc_lists_every_code():
 
 
 def test_pilot_path_imports_stay_lean():
-    code = ("import sys; import lrt.pilot.pilot, lrt.pilot.claim, lrt.pilot.run, lrt.cli.pilot; "
+    code = ("import sys; import lrt.pilot.pilot, lrt.protocol.client, lrt.pilot.run, lrt.cli.pilot; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('tqdm', 'rich', 'click', 'numpy', 'pandas', 'gfal2') or m == 'lrt.tokens'); "
             "print(','.join(bad))")

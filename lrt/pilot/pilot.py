@@ -56,8 +56,11 @@ from ..couch import CouchConnectionError, CouchError, Database, ServerError
 from ..deps.release import after_finish, idle_sweep
 from ..design import MONITOR_DDOC
 from ..errors import LrtError
-from .claim import (Candidates, Claimed, Finishing, PendingClaim, Stats, TokenClient, reap_expired,
-                    resolve_conflicts)
+from ..protocol.client import Claimed, Finishing, PendingClaim, TokenClient
+from ..protocol.conflicts import resolve_conflicts
+from ..protocol.reaping import reap_expired
+from ..protocol.stats import Stats
+from ..protocol.window import Candidates
 from .run import INLINE_MAX, Payload, capped_log, command_argv, describe_failure, payload_env, write_token_file
 from .run import remove_workdir
 
