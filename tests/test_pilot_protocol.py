@@ -324,10 +324,15 @@ def test_handlers_agree_with_python_constants():
         m = re.search(r"HISTORY_LIMIT = (\d+);", updates[name])
         assert m and int(m.group(1)) == states.HISTORY_LIMIT, name
         assert "__LRT" not in updates[name]
-    for code in ("PILOT_LOST", "PREEMPTED", "CANCELLED"):
+    # error codes and defaults come from lrt/states.py's edge specs, never from literals in the JS
+    raw = "".join(p.read_text() for p in list(UPDATES.glob("*.js")) + list(UPDATES.parent.glob("lib/*.js")))
+    assert not re.search(r"code: \d+, name", raw) and "max_attempts === null) ? 3" not in raw and "|| 600" not in raw
+    edges = json.loads(states.edges_json())
+    for name, code in (("reap", "PILOT_LOST"), ("release", "PREEMPTED"), ("cancel", "CANCELLED")):
         e = errorcodes.get(code)
-        texts = "".join(p.read_text() for p in UPDATES.glob("*.js"))
-        assert f"code: {e.code}, name: '{e.name}'" in texts
+        assert edges[name]["error"] == {"code": e.code, "name": e.name, "class": e.cls}
+        assert f"failure('{name}', " in updates[name] and states.edges_json() in updates[name], name
+    assert edges["reap"]["defaults"]["max_attempts"] == states.DEFAULT_MAX_ATTEMPTS
 
 
 def test_error_code_doc_lists_every_code():

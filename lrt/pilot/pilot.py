@@ -47,6 +47,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -58,6 +59,7 @@ from ..design import MONITOR_DDOC
 from ..errors import LrtError
 from ..protocol.client import Claimed, Finishing, PendingClaim, TokenClient
 from ..protocol.conflicts import resolve_conflicts
+from ..protocol.decisions import Refusal
 from ..protocol.reaping import reap_expired
 from ..protocol.stats import Stats
 from ..protocol.window import Candidates
@@ -69,6 +71,34 @@ log = logging.getLogger("lrt.pilot")
 JSON = Dict[str, Any]
 
 _TRANSIENT = (CouchConnectionError, ServerError)
+
+
+class Look(str, Enum):
+    """What a look at the held token's lease said (:meth:`Pilot._renew`, :meth:`Pilot._watch`)."""
+
+    OK = "ok"             #: still ours
+    CANCEL = "cancel"     #: still ours, and a cancel was requested
+    RELEASE = "release"   #: still ours, and a release (stop and requeue, ``lrt release``) was requested
+    FENCED = "fenced"     #: another claim holds the token
+    DOWN = "down"         #: the server could not be asked
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Ending(str, Enum):
+    """How a payload run under a lease ended (:meth:`Pilot._supervise`)."""
+
+    EXITED = "exited"          #: on its own
+    TIMEOUT = "timeout"        #: killed: ran past the token's timeout
+    CANCELLED = "cancelled"    #: killed: a cancel was requested
+    LEASE_LOST = "lease_lost"  #: killed: the lease could not be renewed in time
+    RELEASE = "release"        #: killed: the pilot is being stopped (signal, walltime)
+    REQUEUE = "requeue"        #: killed: a release was requested (``lrt release``)
+    FENCED = "fenced"          #: killed: another claim holds the token
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -296,7 +326,7 @@ class Pilot:
             p = self._candidate(remaining)
             if p is None:
                 return None
-            if isinstance(p, str):
+            if isinstance(p, Refusal):
                 continue
             c = self.client.commit(pending=p).claimed
             self.cands.note(c is not None)
@@ -304,14 +334,14 @@ class Pilot:
                 return c
         return None
 
-    def _candidate(self, remaining: Optional[float]) -> "PendingClaim | str | None":
+    def _candidate(self, remaining: Optional[float]) -> "PendingClaim | Refusal | None":
         """A claim prepared on the next candidate; a reason string if that one was
         not claimable; None when there are no candidates."""
         row = self.cands.pop(self._server_now(), remaining)
         if row is None:
             return None
         p = self.client.prepare_claim(row.get("doc"), token_type=self.o.token_type, remaining=remaining)
-        if isinstance(p, str):
+        if isinstance(p, Refusal):
             self.cands.note(False)
         return p
 
@@ -334,7 +364,7 @@ class Pilot:
             except CouchError as exc:  # no candidate now: finish alone, claim later
                 log.debug("no candidate to claim with the finish: %s", exc)
                 return None
-            if not isinstance(p, str):
+            if not isinstance(p, Refusal):
                 return p
         return None
 
@@ -465,9 +495,9 @@ class Pilot:
             self.stats.overheads.append(time.monotonic() - self._prev_end)
         how = self._supervise(c, p)
         ended = time.monotonic()  # overhead is measured from here to the next payload's start
-        if how == "exited" and p.exit_code != 0 and self._stopped_with(p):
-            how = "release"
-        if how == "exited":
+        if how is Ending.EXITED and p.exit_code != 0 and self._stopped_with(p):
+            how = Ending.RELEASE
+        if how is Ending.EXITED:
             if p.exit_code == 0:
                 output = None
                 if doc.get("outputs"):
@@ -488,19 +518,19 @@ class Pilot:
                 self._fail(c, "PAYLOAD_SIGNALED", describe_failure(p), p, None)
             else:
                 self._fail(c, "PAYLOAD_FAILED", describe_failure(p), p, p.exit_code)
-        elif how == "timeout":
+        elif how is Ending.TIMEOUT:
             self._fail(c, "PAYLOAD_TIMEOUT", f"payload ran past its timeout of {doc.get('timeout')}s "
                        "and was killed (SIGTERM, then SIGKILL)", p, p.exit_code)
-        elif how == "cancelled":
+        elif how is Ending.CANCELLED:
             self._fail(c, "CANCELLED", "cancelled by a user while running; payload stopped", p, p.exit_code)
-        elif how == "lease_lost":
+        elif how is Ending.LEASE_LOST:
             self._fail(c, "LEASE_LOST", "could not renew the lease in time; payload stopped", p, p.exit_code)
-        elif how == "release":
+        elif how is Ending.RELEASE:
             self._release(c, p)
-        elif how == "requeue":
+        elif how is Ending.REQUEUE:
             self._requeued.add(c.id)
             self._release(c, p, f"release requested by {self._requested_by(c)}; payload stopped")
-        elif how == "fenced":
+        elif how is Ending.FENCED:
             self.stats.fenced += 1
             log.warning("token %s is held by another claim now; payload stopped, token left alone", c.id)
         self._last_payload_end = ended
@@ -539,7 +569,7 @@ class Pilot:
             return default
 
     # -- leases ------------------------------------------------------------------------
-    def _renew(self, c: Claimed) -> str:
+    def _renew(self, c: Claimed) -> Look:
         """Heartbeat: 'ok', 'cancel', 'release' (stop and requeue was asked), 'fenced'
         or 'down' (server unreachable)."""
         sent = time.monotonic()
@@ -547,9 +577,9 @@ class Pilot:
             ans = self.client.heartbeat(c.id, c.claim)
         except _TRANSIENT as exc:
             log.warning("heartbeat for %s failed: %s", c.id, exc)
-            return "down"
+            return Look.DOWN
         if not ans.ok:
-            return "fenced" if ans.reason != "conflict" else "down"
+            return Look.FENCED if ans.reason != "conflict" else Look.DOWN
         c.renewed_mono = sent
         if ans.rev:
             if _rev_gen(ans.rev) == _rev_gen(c.doc.get("_rev")) + 1:
@@ -564,12 +594,12 @@ class Pilot:
                 self._reload(c, tries=1)
         if ans.body.get("cancel_requested"):
             c.doc["cancel_requested"] = True
-            return "cancel"
+            return Look.CANCEL
         if ans.body.get("release_requested"):
-            return "release"
-        return "ok"
+            return Look.RELEASE
+        return Look.OK
 
-    def _watch(self, c: Claimed) -> str:
+    def _watch(self, c: Claimed) -> Look:
         """Look at the running token (a conditional read: an empty 304 while it is
         unchanged); if it changed -- a cancel or release request, an edit, another
         claim -- renew through the heartbeat, which answers with authority.
@@ -578,12 +608,12 @@ class Pilot:
         try:
             cur = self.db.get_if_changed(c.id, str(c.doc.get("_rev")))
         except _TRANSIENT:
-            return "down"
+            return Look.DOWN
         except CouchError as exc:
             log.warning("could not look at %s: %s", c.id, exc)
-            return "ok"
+            return Look.OK
         if cur is None:
-            return "ok"
+            return Look.OK
         if not cur.get("_deleted"):
             c.doc.clear()
             c.doc.update(cur)
@@ -616,14 +646,14 @@ class Pilot:
             return True
         self.stats.renewed_before_start += 1
         r = self._renew(c)
-        if r == "ok":
+        if r == Look.OK:
             return True
-        if r == "cancel":
+        if r == Look.CANCEL:
             self._fail(c, "CANCELLED", "cancelled by a user before its payload started")
-        elif r == "release":
+        elif r == Look.RELEASE:
             self._requeued.add(c.id)
             self._release(c, None, f"release requested by {self._requested_by(c)} before the payload started")
-        elif r == "fenced":
+        elif r == Look.FENCED:
             self.stats.fenced += 1
             log.warning("lease of %s ran out before its payload started and the token was taken back;"
                         " not started", c.id)
@@ -638,9 +668,9 @@ class Pilot:
         return min(5.0, 0.1 * self.o.lease)
 
     def _still_holding(self, c: Claimed) -> bool:
-        return self._renew(c) in ("ok", "cancel")
+        return self._renew(c) in (Look.OK, Look.CANCEL)
 
-    def _supervise(self, c: Claimed, p: Payload) -> str:
+    def _supervise(self, c: Claimed, p: Payload) -> Ending:
         """Wait for the payload while keeping the lease; how it ended."""
         timeout = c.doc.get("timeout")
         deadline = time.monotonic() + float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None
@@ -652,14 +682,14 @@ class Pilot:
             now = time.monotonic()
             if self.stop_signal is not None:
                 p.kill(f"signal {self.stop_signal}", self.o.term_grace)
-                return "release"
+                return Ending.RELEASE
             rem = self.remaining()
             if rem is not None and rem <= -self.margin / 2:
                 p.kill("walltime", self.o.term_grace)
-                return "release"
+                return Ending.RELEASE
             if deadline is not None and now >= deadline:
                 p.kill("timeout", self.o.term_grace)
-                return "timeout"
+                return Ending.TIMEOUT
             r = None
             if now - c.renewed_mono >= renew_every and now - last_try >= min(1.0, renew_every / 4):
                 last_try = last_look = now
@@ -667,21 +697,21 @@ class Pilot:
             elif check_every > 0 and now - max(last_look, c.renewed_mono) >= check_every:
                 last_look = now
                 r = self._watch(c)
-            if r == "fenced":
+            if r == Look.FENCED:
                 p.kill("fenced", 0.5)
-                return "fenced"
-            if r == "cancel":
+                return Ending.FENCED
+            if r == Look.CANCEL:
                 p.kill("cancelled", self.o.term_grace)
-                return "cancelled"
-            if r == "release":
+                return Ending.CANCELLED
+            if r == Look.RELEASE:
                 p.kill("release requested", self.o.term_grace)
-                return "requeue"
-            if r == "down" and time.monotonic() - c.renewed_mono > self.o.lease - self._lease_safety():
+                return Ending.REQUEUE
+            if r == Look.DOWN and time.monotonic() - c.renewed_mono > self.o.lease - self._lease_safety():
                 p.kill("lease lost", 0.5)
-                return "lease_lost"
+                return Ending.LEASE_LOST
         # finished on its own; a pilot that slept (SIGSTOP) past its lease must not report
         # before checking it still holds the token -- finish is fenced by claim anyway.
-        return "exited"
+        return Ending.EXITED
 
     def _blocking(self, c: Claimed, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` (sandbox fetch, staging) in a thread while keeping the lease.
@@ -718,17 +748,17 @@ class Pilot:
             elif check_every > 0 and now - max(last_look, c.renewed_mono) >= check_every:
                 last_look = now
                 r = self._watch(c)
-            if r == "fenced":
+            if r == Look.FENCED:
                 self.stats.fenced += 1
                 return None
-            if r == "cancel":
+            if r == Look.CANCEL:
                 self._fail(c, "CANCELLED", "cancelled by a user while preparing")
                 return None
-            if r == "release":
+            if r == Look.RELEASE:
                 self._requeued.add(c.id)
                 self._release(c, None, f"release requested by {self._requested_by(c)} while preparing")
                 return None
-            if r == "down" and time.monotonic() - c.renewed_mono > self.o.lease - self._lease_safety():
+            if r == Look.DOWN and time.monotonic() - c.renewed_mono > self.o.lease - self._lease_safety():
                 self._fail(c, "LEASE_LOST", "could not renew the lease in time while preparing")
                 return None
         if "e" in box:

@@ -20,7 +20,7 @@ from .. import states
 from ..couch import BulkResult, CouchError, Database
 from ..design import CLAIM_DDOC
 from .conflicts import choose_leaf
-from .decisions import finish_doc, lock_doc, stamp_claim
+from .decisions import FinishKind, Refusal, finish_doc, lock_doc, stamp_claim
 from .stats import Stats
 
 log = logging.getLogger("lrt.protocol")
@@ -98,7 +98,7 @@ class TokenClient:
     """Token writes for one pilot (or one admin command)."""
 
     def __init__(self, db: Database, pilot: str = "admin", host: Optional[str] = None,
-                 batch_job: Optional[JSON] = None, lease_seconds: float = 600.0,
+                 batch_job: Optional[JSON] = None, lease_seconds: float = states.DEFAULT_LEASE_SECONDS,
                  stats: Optional[Stats] = None):
         self.db = db
         self.pilot = pilot
@@ -152,9 +152,9 @@ class TokenClient:
 
     # -- claim and finish: MVCC writes, combined ------------------------------------
     def prepare_claim(self, doc: Optional[JSON], *, token_type: Optional[str] = None,
-                      remaining: Optional[float] = None) -> "PendingClaim | str":
+                      remaining: Optional[float] = None) -> "PendingClaim | Refusal":
         """A claim of ``doc`` (as read, with its ``_rev``), or the reason it cannot be claimed."""
-        why: Optional[str] = "missing"
+        why: Optional[Refusal] = Refusal.MISSING
         locked: JSON = {}
         if doc:
             locked = dict(doc)  # lock_doc replaces top-level fields only: a shallow copy suffices
@@ -162,7 +162,7 @@ class TokenClient:
                            pilot=self.pilot, host=self.host, batch_job=self.batch_job,
                            token_type=token_type, remaining=remaining)
         if why is not None:
-            if why in ("missing", "state", "leased", "conflicted"):
+            if why.lost:
                 self.stats.lost += 1  # somebody else has it (or had it)
             else:
                 self.stats.refused += 1
@@ -185,8 +185,8 @@ class TokenClient:
         fin_answer: JSON = {}
         if finishing is not None:
             kind, fin_doc, fin_answer = self._finish_version(finishing)
-            if kind != "write":
-                out.finish = Answer(kind == "repeated", 200, fin_answer)
+            if kind is not FinishKind.WRITE:
+                out.finish = Answer(kind is FinishKind.REPEATED, 200, fin_answer)
                 fin_doc = None
             else:
                 docs.append(fin_doc)
@@ -223,7 +223,7 @@ class TokenClient:
             out.claimed = pending.won = won
         return out
 
-    def _finish_version(self, f: Finishing) -> Tuple[str, JSON, JSON]:
+    def _finish_version(self, f: Finishing) -> Tuple[FinishKind, JSON, JSON]:
         # finish_doc replaces top-level fields only (new timings/history/_attachments
         # containers), so a shallow copy keeps the held document as it was until the
         # write is accepted
@@ -255,8 +255,8 @@ class TokenClient:
             f.doc.clear()
             f.doc.update(cur)
             kind, doc, answer = self._finish_version(f)
-            if kind != "write":
-                return Answer(kind == "repeated", 200, answer)
+            if kind is not FinishKind.WRITE:
+                return Answer(kind is FinishKind.REPEATED, 200, answer)
             ans = self._finish_written(f, doc, answer, self.db.bulk_docs([doc]))
             if ans is not None:
                 return ans
@@ -302,7 +302,7 @@ class TokenClient:
         """Read ``doc_id`` and try to claim it; the claimed token, or None."""
         p = self.prepare_claim(self.db.get_or_none(doc_id, conflicts=True),
                                token_type=token_type, remaining=remaining)
-        if isinstance(p, str):
+        if isinstance(p, Refusal):
             log.debug("claim %s refused: %s", doc_id, p)
             return None
         return self.commit(pending=p).claimed

@@ -15,8 +15,10 @@ from ..design import MONITOR_DDOC
 
 JSON = Dict[str, Any]
 
-#: order of preference when conflicting leaves of one token disagree
-TERMINAL_RANK = {"done": 0, "error": 1, "failed": 2, "cancelled": 3}
+#: order of preference when conflicting leaves of one token disagree (str-valued states:
+#: looked up with the stored ``state`` string)
+TERMINAL_RANK: Dict[states.State, int] = {states.State.DONE: 0, states.State.ERROR: 1, states.State.FAILED: 2,
+                                          states.State.CANCELLED: 3}
 
 
 def choose_leaf(leaves: Sequence[JSON], winner_rev: Optional[str] = None) -> JSON:
@@ -29,7 +31,7 @@ def choose_leaf(leaves: Sequence[JSON], winner_rev: Optional[str] = None) -> JSO
     terminal = [d for d in leaves if d.get("state") in TERMINAL_RANK]
     if terminal:
         return sorted(terminal, key=lambda d: (TERMINAL_RANK[d["state"]], str(d.get("_rev"))))[0]
-    locks = [d for d in leaves if d.get("state") == "locked" and isinstance(d.get("lease"), dict)]
+    locks = [d for d in leaves if d.get("state") == states.State.LOCKED.value and isinstance(d.get("lease"), dict)]
     if locks:
         return sorted(locks, key=lambda d: (d["lease"].get("claimed") or 0,
                                             str(d["lease"].get("claim") or "")))[0]

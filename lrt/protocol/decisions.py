@@ -9,47 +9,77 @@ are tested directly (tests/test_claim_decisions.py).
 """
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Dict, Optional, Tuple
 
 from .. import states
 
 JSON = Dict[str, Any]
 
-#: default for tokens without ``max_attempts`` (the reap handler uses the same)
-DEFAULT_MAX_ATTEMPTS = 3
-#: default retry backoff in seconds (``retry.backoff``), doubled per attempt
-DEFAULT_BACKOFF = 30.0
+
+class Refusal(str, Enum):
+    """Why a document was not claimed (:func:`lock_doc`); the value is what logs show."""
+
+    MISSING = "missing"                    #: no such document (deleted meanwhile)
+    NOT_TOKEN = "not_token"
+    CONFLICTED = "conflicted"              #: conflicting revisions: resolved first
+    STATE = "state"                        #: not todo any more
+    LEASED = "leased"                      #: somebody holds a lease on it
+    CANCEL_REQUESTED = "cancel_requested"
+    TYPE = "type"                          #: not of the pilot's token type
+    NOT_BEFORE = "not_before"              #: retry backoff not served yet
+    WALLTIME = "walltime"                  #: expected_duration longer than the walltime left
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def lost(self) -> bool:
+        """True if somebody else has the token (or had it): a claim lost, not refused."""
+        return self in (Refusal.MISSING, Refusal.STATE, Refusal.LEASED, Refusal.CONFLICTED)
+
+
+class FinishKind(str, Enum):
+    """What :func:`finish_doc` decided."""
+
+    WRITE = "write"          #: write the finished document
+    REPEATED = "repeated"    #: this finish was recorded already: write nothing
+    REFUSED = "refused"      #: fenced (the token is not ours any more), or a transition not allowed
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def lock_doc(doc: JSON, *, claim: str, now: float, lease_seconds: float, pilot: Optional[str] = None,
              host: Optional[str] = None, batch_job: Optional[JSON] = None,
-             token_type: Optional[str] = None, remaining: Optional[float] = None) -> Optional[str]:
+             token_type: Optional[str] = None, remaining: Optional[float] = None) -> Optional[Refusal]:
     """Claim ``doc`` in place (todo -> locked); the reason it cannot be claimed, or None.
 
     Checked on the document itself: a token, not conflicted, ``todo`` with no
     lease, no cancel request, the right type, past ``not_before`` (server
     clock ``now``) and, given the pilot's ``remaining`` walltime, an
     ``expected_duration`` that fits.  On refusal ``doc`` is left unchanged.
+    The fields the claim clears are :data:`lrt.states.CLAIM`'s.
     """
     if doc.get("kind") != "token":
-        return "not_token"
+        return Refusal.NOT_TOKEN
     if doc.get("_conflicts"):
-        return "conflicted"
+        return Refusal.CONFLICTED
     if doc.get("state") != states.State.TODO.value or not states.allowed(doc.get("state"), states.State.LOCKED):
-        return "state"
+        return Refusal.STATE
     if doc.get("lease"):
-        return "leased"
+        return Refusal.LEASED
     if doc.get("cancel_requested"):
-        return "cancel_requested"
+        return Refusal.CANCEL_REQUESTED
     if token_type and doc.get("type") != token_type:
-        return "type"
+        return Refusal.TYPE
     if (doc.get("not_before") or 0) > now:
-        return "not_before"
+        return Refusal.NOT_BEFORE
     dur = doc.get("expected_duration")
     if remaining is not None and isinstance(dur, (int, float)) and dur and dur > remaining:
-        return "walltime"
-    doc.pop("_revisions", None)
-    doc.pop("release_requested", None)
+        return Refusal.WALLTIME
+    # the previous attempt's result and backoff go; a served request is gone
+    states.CLAIM.apply_fields(doc)
     doc["state"] = states.State.LOCKED.value
     doc["attempts"] = int(doc.get("attempts") or 0) + 1
     doc["lease"] = {"pilot": pilot, "claim": claim}
@@ -57,11 +87,6 @@ def lock_doc(doc: JSON, *, claim: str, now: float, lease_seconds: float, pilot: 
     doc["pilot"] = pilot
     doc["host"] = host
     doc["batch_job"] = batch_job
-    doc["exit_code"] = None
-    doc["error"] = None
-    doc["log_tail"] = None
-    doc["cancel_requested"] = False
-    doc["not_before"] = None  # the backoff is served: a finished token shows no stale one
     return None
 
 
@@ -103,10 +128,10 @@ def late_request(doc: JSON, dst: str) -> Optional[str]:
     return None
 
 
-def finish_doc(doc: JSON, claim: str, body: JSON, now: float) -> Tuple[str, JSON]:
-    """Record the end of an attempt on ``doc`` in place: ``("write", answer)``,
-    ``("repeated", answer)`` (this finish was already recorded: write nothing)
-    or ``("refused", answer)`` (fenced: the token is not ours any more).
+def finish_doc(doc: JSON, claim: str, body: JSON, now: float) -> Tuple[FinishKind, JSON]:
+    """Record the end of an attempt on ``doc`` in place: ``(WRITE, answer)``,
+    ``(REPEATED, answer)`` (this finish was already recorded: write nothing)
+    or ``(REFUSED, answer)`` (fenced: the token is not ours any more).
 
     ``body``: ``outcome`` (done/error/cancelled), ``exit_code``, ``error``
     ({code, name, class, message}), ``retryable`` (the error code's default),
@@ -115,16 +140,17 @@ def finish_doc(doc: JSON, claim: str, body: JSON, now: float) -> Tuple[str, JSON
     ``not_before = now + backoff * 2^(attempts-1)``), ``error`` (not retried:
     payload errors unless ``retry.payload_errors``) or ``failed``
     (``max_attempts`` used up); a failure after a cancel request becomes
-    ``cancelled``.
+    ``cancelled``.  Fields cleared and defaults: :data:`lrt.states.FINISH`
+    (:data:`~lrt.states.RETRY` for a retried attempt).
     """
     hist = doc.get("history") or []
     last = hist[-1] if hist else None
     if (last and last.get("claim") == claim and last.get("end") == "finish"
             and doc.get("state") != states.State.LOCKED.value):
-        return "repeated", {"ok": True, "repeated": True, "state": doc.get("state"), "now": now}
+        return FinishKind.REPEATED, {"ok": True, "repeated": True, "state": doc.get("state"), "now": now}
     lease = doc.get("lease") or {}
     if doc.get("state") != states.State.LOCKED.value or lease.get("claim") != claim:
-        return "refused", {"ok": False, "reason": "fenced", "state": doc.get("state"), "now": now}
+        return FinishKind.REFUSED, {"ok": False, "reason": "fenced", "state": doc.get("state"), "now": now}
     err = body.get("error")
     outcome = body.get("outcome")
     if outcome == "done":
@@ -136,13 +162,11 @@ def finish_doc(doc: JSON, claim: str, body: JSON, now: float) -> Tuple[str, JSON
             retry = bool((doc.get("retry") or {}).get("payload_errors"))
         else:
             retry = bool(body.get("retryable"))
-        mx = doc.get("max_attempts")
-        mx = DEFAULT_MAX_ATTEMPTS if mx is None else mx
+        mx = states.FINISH.default(doc, "max_attempts")
         dst = "error" if not retry else ("failed" if (doc.get("attempts") or 0) >= mx else "todo")
     if not states.allowed(states.State.LOCKED, dst):
-        return "refused", {"ok": False, "reason": "transition", "to": dst, "now": now}
-    doc.pop("_revisions", None)
-    doc.pop("_conflicts", None)
+        return FinishKind.REFUSED, {"ok": False, "reason": "transition", "to": dst, "now": now}
+    edge = states.RETRY if dst == "todo" else states.FINISH
     t = dict(doc.get("timings") or {})
     for k, v in (body.get("timings") or {}).items():
         if k != "claimed":
@@ -171,15 +195,10 @@ def finish_doc(doc: JSON, claim: str, body: JSON, now: float) -> Tuple[str, JSON
     hist = list(hist)
     hist.append(history_entry(doc, "finish", dst, doc["exit_code"], err, now))
     doc["history"] = hist[-states.HISTORY_LIMIT:]
-    doc["lease"] = None
-    doc["cancel_requested"] = False
-    doc.pop("release_requested", None)
+    edge.apply_fields(doc)  # after the history entry, which reads the lease and the requests
     doc["updated"] = now
     if dst == "todo":
-        retry_cfg = doc.get("retry") or {}
-        backoff = retry_cfg.get("backoff")
-        backoff = float(backoff) if isinstance(backoff, (int, float)) else DEFAULT_BACKOFF
+        backoff = (doc.get("retry") or {}).get("backoff")
+        backoff = float(backoff) if isinstance(backoff, (int, float)) else float(edge.defaults["backoff"])
         doc["not_before"] = now + backoff * 2 ** max(0, int(doc.get("attempts") or 1) - 1)
-        for k in ("pilot", "host", "batch_job"):
-            doc[k] = None
-    return "write", {"ok": True, "state": dst, "now": now, "not_before": doc.get("not_before")}
+    return FinishKind.WRITE, {"ok": True, "state": dst, "now": now, "not_before": doc.get("not_before")}
