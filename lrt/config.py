@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .errors import ConfigError
+from .states import DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS
 from .staging.srmlist import (Chunk, Link, SrmListError, SubbandIndex, build_index,
                               group_by_lines, group_by_subband, line_ranges, parse_link,
                               read_entries)
@@ -185,8 +186,9 @@ class TokenConfig:
     type: str
     id_template: str
     priority: int = 0
-    max_attempts: int = 3
-    retry: Dict[str, Any] = field(default_factory=lambda: {"backoff": 30.0, "payload_errors": False})
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    retry: Dict[str, Any] = field(default_factory=lambda: {"backoff": float(DEFAULT_BACKOFF),
+                                                           "payload_errors": False})
     timeout: Optional[float] = None
     expected_duration: Optional[float] = None
     command: List[str] = field(default_factory=list)
@@ -522,13 +524,13 @@ class _Validator:
 
         priority = self.number(d.get("priority", 0), ("priority",), minimum=-10**9,
                                allow_none=False, integer=True)
-        max_attempts = self.number(d.get("max_attempts", 3), ("max_attempts",), minimum=1,
+        max_attempts = self.number(d.get("max_attempts", DEFAULT_MAX_ATTEMPTS), ("max_attempts",), minimum=1,
                                    allow_none=False, integer=True)
         retry_in = d.get("retry") or {}
         if not isinstance(retry_in, dict):
             raise self.fail("retry must be a mapping {backoff: seconds, payload_errors: bool}", "retry")
         self.unknown(retry_in, RETRY_KEYS, "retry")
-        backoff = self.number(retry_in.get("backoff", 30), ("retry", "backoff"), allow_none=False)
+        backoff = self.number(retry_in.get("backoff", DEFAULT_BACKOFF), ("retry", "backoff"), allow_none=False)
         pe = retry_in.get("payload_errors", False)
         if not isinstance(pe, bool):
             raise self.fail(f"retry.payload_errors must be true or false, not {pe!r}",

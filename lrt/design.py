@@ -10,8 +10,10 @@ Layout (one folder per design document)::
 
 Leading ``//`` comment lines of each file are documentation and are dropped
 before install (CouchDB and PouchDB evaluate the source as one function
-expression).  ``__LRT_TRANSITIONS__`` is replaced by the state machine's table
-and ``__LRT_HISTORY_LIMIT__`` by its history bound from :mod:`lrt.states`
+expression).  ``__LRT_TRANSITIONS__`` is replaced by the state machine's table,
+``__LRT_EDGES__`` by its edge specs (:func:`lrt.states.edges_json`: fields each
+edge clears, defaults, error codes) and ``__LRT_HISTORY_LIMIT__`` by its history
+bound from :mod:`lrt.states`
 (``__LRT_QUEUE_SHARDS__`` by :data:`QUEUE_SHARDS`), so the
 JavaScript handlers and Python share one source; a line ``__LRT_PRELUDE__;``
 is replaced by the design document's ``lib/prelude.js`` (code shared by its
@@ -32,7 +34,7 @@ from typing import Any, Dict, List, Optional
 
 from . import __version__
 from .couch import Conflict, Database
-from .states import HISTORY_LIMIT, transitions_json
+from .states import HISTORY_LIMIT, edges_json, transitions_json
 
 VIEWS_DIR = Path(__file__).parent / "views"
 
@@ -58,6 +60,7 @@ def _source(path: Path) -> str:
             out.append(line)
     text = "\n".join(out).strip() + "\n"
     return (text.replace("__LRT_TRANSITIONS__", transitions_json())
+                .replace("__LRT_EDGES__", edges_json())
                 .replace("__LRT_HISTORY_LIMIT__", str(HISTORY_LIMIT))
                 .replace("__LRT_QUEUE_SHARDS__", str(QUEUE_SHARDS)))
 

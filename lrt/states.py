@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, FrozenSet, Mapping, Optional
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple
 
+from . import errorcodes
 from .errors import TransitionError
 
 
@@ -109,11 +111,104 @@ TRANSITIONS[State.PENDING] = {
 #: number of past attempts kept on a token (oldest dropped first)
 HISTORY_LIMIT = 20
 
+#: the fields that say who holds a token: cleared when nobody does any more
+HOLDER: Tuple[str, ...] = ("lease", "pilot", "host", "batch_job")
+#: the fields of an attempt's result
+RESULT: Tuple[str, ...] = ("exit_code", "error", "log_tail")
+
 #: fields a transition into a state clears (so a reset token carries no stale result)
-CLEARED_ON: Dict[State, tuple] = {
-    State.TODO: ("lease", "exit_code", "error", "pilot", "host", "batch_job", "log_tail"),
-    State.LOCKED: ("exit_code", "error", "log_tail"),
+CLEARED_ON: Dict[State, Tuple[str, ...]] = {
+    State.TODO: HOLDER + RESULT,
+    State.LOCKED: RESULT,
 }
+
+#: defaults for tokens that do not say (configs, the pilot's finish and the reap handler)
+DEFAULT_MAX_ATTEMPTS = 3
+#: retry backoff in seconds (``retry.backoff``), doubled per attempt
+DEFAULT_BACKOFF = 30
+#: seconds a lease lasts when a heartbeat does not say
+DEFAULT_LEASE_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One kind of transition: what it does to a token besides its ``state``.
+
+    The same spec is applied by the pilot's pure decisions
+    (:mod:`lrt.protocol.decisions`: claim, finish) and by the update handlers
+    (``lrt/views/lrt-claim``: reap, release, cancel), which get every edge as
+    JSON through ``__LRT_EDGES__`` (:func:`edges_json`) and apply it with
+    ``edge(name)`` of ``lib/prelude.js``: the fields an edge clears, its
+    defaults and its error code are written down here only.
+    """
+
+    name: str
+    src: Tuple[State, ...]
+    dst: Tuple[State, ...]
+    #: fields set to null
+    clears: Tuple[str, ...] = ()
+    #: fields deleted (requests that were answered, CouchDB's meta fields of a read)
+    removes: Tuple[str, ...] = ()
+    #: fields set to these values
+    resets: Mapping[str, Any] = field(default_factory=dict)
+    #: values used for token fields that are absent or null
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: the error code recorded on the token (an :mod:`lrt.errorcodes` name), if the edge sets one
+    error: Optional[str] = None
+
+    def apply_fields(self, doc: Dict[str, Any]) -> None:
+        """Remove, clear and reset this edge's fields of ``doc`` in place (not ``state``)."""
+        for key in self.removes:
+            doc.pop(key, None)
+        for key in self.clears:
+            doc[key] = None
+        doc.update(self.resets)
+
+    def default(self, doc: Mapping[str, Any], key: str) -> Any:
+        """``doc[key]``, or this edge's default when it is absent or null."""
+        value = doc.get(key)
+        return self.defaults[key] if value is None else value
+
+    def as_json(self) -> Dict[str, Any]:
+        err = errorcodes.get(self.error) if self.error else None
+        return {"from": [s.value for s in self.src], "to": [s.value for s in self.dst],
+                "clears": list(self.clears), "removes": list(self.removes), "resets": dict(self.resets),
+                "defaults": dict(self.defaults),
+                "error": {"code": err.code, "name": err.name, "class": err.cls} if err else None}
+
+
+_ANSWERED = ("_revisions", "release_requested")
+#: a pilot claims a todo token (lock_doc): the previous attempt's result and backoff go
+CLAIM = Edge("claim", (State.TODO,), (State.LOCKED,), clears=RESULT + ("not_before",),
+             removes=_ANSWERED, resets={"cancel_requested": False})
+#: a pilot records the end of an attempt (finish_doc); who ran it stays on the token
+FINISH = Edge("finish", (State.LOCKED,), (State.DONE, State.ERROR, State.FAILED, State.CANCELLED),
+              clears=("lease",), removes=("_revisions", "_conflicts", "release_requested"),
+              resets={"cancel_requested": False},
+              defaults={"max_attempts": DEFAULT_MAX_ATTEMPTS, "backoff": DEFAULT_BACKOFF})
+#: the finish of a failed attempt that is retried: back to todo after a backoff, nobody's
+RETRY = Edge("retry", (State.LOCKED,), (State.TODO,), clears=HOLDER, removes=FINISH.removes,
+             resets=FINISH.resets, defaults=FINISH.defaults)
+#: an expired lease is reaped (handler reap.js): the attempt counts
+REAP = Edge("reap", (State.LOCKED,), (State.TODO, State.FAILED, State.CANCELLED),
+            clears=HOLDER + ("exit_code",), removes=_ANSWERED, resets={"cancel_requested": False},
+            defaults={"max_attempts": DEFAULT_MAX_ATTEMPTS}, error="PILOT_LOST")
+#: a pilot gives a running token back (handler release.js): the attempt does not count
+RELEASE = Edge("release", (State.LOCKED,), (State.TODO, State.CANCELLED),
+               clears=HOLDER + ("exit_code",), removes=_ANSWERED, error="PREEMPTED")
+#: a lease is renewed (handler heartbeat.js)
+RENEW = Edge("renew", (State.LOCKED,), (State.LOCKED,), removes=("_revisions",),
+             defaults={"lease_seconds": DEFAULT_LEASE_SECONDS})
+#: a token nobody runs is cancelled (handler cancel.js; a running one gets ``cancel_requested``)
+CANCEL = Edge("cancel", tuple(s for s, to in TRANSITIONS.items() if State.CANCELLED in to
+                              and s != State.LOCKED),
+              (State.CANCELLED,), removes=("_revisions",), error="CANCELLED")
+#: an admin reset (``lrt reset``, :func:`apply`): a fresh start, nothing of the old attempts
+RESET = Edge("reset", tuple(sorted(TERMINAL, key=lambda s: s.value)), (State.TODO,),
+             clears=CLEARED_ON[State.TODO])
+
+#: every edge by name
+EDGES: Dict[str, Edge] = {e.name: e for e in (CLAIM, FINISH, RETRY, REAP, RELEASE, RENEW, CANCEL, RESET)}
 
 
 def parse(value: Any) -> State:
@@ -160,6 +255,11 @@ def apply(doc: Dict[str, Any], dst: Any, *, now: Optional[float] = None,
     if fields:
         doc.update(fields)
     return doc
+
+
+def edges_json() -> str:
+    """Every :class:`Edge` as JSON, for the server-side handlers (``__LRT_EDGES__``)."""
+    return json.dumps({name: e.as_json() for name, e in EDGES.items()}, sort_keys=True)
 
 
 def transitions_json() -> str:

@@ -9,7 +9,7 @@ import copy
 import pytest
 
 from lrt.config import TokenConfig
-from lrt.pilot.claim import finish_doc, lock_doc
+from lrt.protocol.decisions import finish_doc, lock_doc
 from lrt.tokens import new_token
 
 NOW = 1_800_000_000.0

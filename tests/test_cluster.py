@@ -21,7 +21,9 @@ import pytest
 import requests
 
 from lrt import design
-from lrt.pilot.claim import TokenClient, lock_doc, resolve_conflicts
+from lrt.protocol.client import TokenClient
+from lrt.protocol.conflicts import resolve_conflicts
+from lrt.protocol.decisions import lock_doc
 from lrt.tokens import conflicted_count
 
 from conftest import new_db_name

@@ -1,5 +1,7 @@
-"""The import rules of docs/design.md: no module outside lrt/cli imports the CLI, and
-the web, UWS and provenance extras are not imported by the pilot or the library core."""
+"""The import rules of docs/design.md: no module outside lrt/cli imports the CLI, the web,
+UWS and provenance extras are not imported by the pilot or the library core, the token
+protocol (lrt/protocol) imports neither the pilot, the CLI nor the web app, and admin and
+web code reach the protocol through lrt.protocol, not through the pilot's modules."""
 from __future__ import annotations
 
 import ast
@@ -47,7 +49,43 @@ def test_extras_stay_in_their_rooms():
     assert bad == []
 
 
+#: what the token protocol may not import
+PROTOCOL_MUST_NOT = ("lrt.pilot", "lrt.cli", "lrt.web")
+#: pilot modules that code outside the pilot and the CLI may import: the sandbox builder
+#: (lrt create, tasks) and the pilot itself for the tasks' test mode, which runs one
+PILOT_SHARED = {"lrt.pilot.sandbox": None, "lrt.pilot.pilot": ("lrt/tasks/testrun.py",)}
+
+
+def _under(module: str, roots) -> bool:
+    return any(module == r or module.startswith(r + ".") for r in roots)
+
+
+def test_the_protocol_imports_neither_pilot_nor_cli_nor_web():
+    bad = [(str(p.relative_to(LRT.parent)), m) for p in (LRT / "protocol").rglob("*.py")
+           for m in _imports(p) if _under(m, PROTOCOL_MUST_NOT)]
+    assert bad == []
+
+
+def test_admin_and_web_code_do_not_import_pilot_internals():
+    bad = []
+    for p in LRT.rglob("*.py"):
+        rel = str(p.relative_to(LRT.parent))
+        if rel.startswith(("lrt/pilot/", "lrt/cli/")):
+            continue
+        for m in _imports(p):
+            if not _under(m, ("lrt.pilot",)) or m == "lrt.pilot":
+                continue
+            homes = PILOT_SHARED.get(m, ())
+            if m in PILOT_SHARED and (homes is None or rel in homes):
+                continue
+            bad.append((rel, m))
+    assert bad == []
+
+
 def test_the_checks_can_fail(tmp_path):
-    f = LRT / "pilot" / "claim.py"
-    assert "lrt.pilot.claim" not in list(_imports(f))  # sanity of the resolver
+    f = LRT / "protocol" / "conflicts.py"
+    assert "lrt.protocol.conflicts" not in list(_imports(f))  # sanity of the resolver
     assert any(m == "lrt.couch" for m in _imports(f))   # `from ..couch import ...` is resolved
+    g = LRT / "pilot" / "pilot.py"
+    assert any(_under(m, ("lrt.protocol",)) for m in _imports(g))  # the pilot uses the protocol
+    assert _under("lrt.pilot.run", PROTOCOL_MUST_NOT) and not _under("lrt.pilots", PROTOCOL_MUST_NOT)

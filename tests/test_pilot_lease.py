@@ -5,7 +5,7 @@ import subprocess
 import time
 
 from lrt import errorcodes
-from lrt.pilot.claim import Finishing, TokenClient
+from lrt.protocol.client import Finishing, TokenClient
 
 from pilot_helpers import ROOT, make_tokens, pilot_cmd, token
 

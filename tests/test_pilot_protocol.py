@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from lrt import errorcodes, states
-from lrt.pilot.claim import Candidates, TokenClient, choose_leaf, reap_expired, resolve_conflicts
+from lrt.protocol.client import TokenClient
+from lrt.protocol.conflicts import choose_leaf, resolve_conflicts
+from lrt.protocol.reaping import reap_expired
+from lrt.protocol.window import Candidates
 
 from pilot_helpers import ROOT, make_tokens, poll, token
 
@@ -66,7 +69,7 @@ def test_finish_of_one_token_and_claim_of_the_next_is_one_request(db):
 
 
 def _finishing(got, body):
-    from lrt.pilot.claim import Finishing
+    from lrt.protocol.client import Finishing
     return Finishing(got.doc, got.claim, body)
 
 
@@ -321,10 +324,15 @@ def test_handlers_agree_with_python_constants():
         m = re.search(r"HISTORY_LIMIT = (\d+);", updates[name])
         assert m and int(m.group(1)) == states.HISTORY_LIMIT, name
         assert "__LRT" not in updates[name]
-    for code in ("PILOT_LOST", "PREEMPTED", "CANCELLED"):
+    # error codes and defaults come from lrt/states.py's edge specs, never from literals in the JS
+    raw = "".join(p.read_text() for p in list(UPDATES.glob("*.js")) + list(UPDATES.parent.glob("lib/*.js")))
+    assert not re.search(r"code: \d+, name", raw) and "max_attempts === null) ? 3" not in raw and "|| 600" not in raw
+    edges = json.loads(states.edges_json())
+    for name, code in (("reap", "PILOT_LOST"), ("release", "PREEMPTED"), ("cancel", "CANCELLED")):
         e = errorcodes.get(code)
-        texts = "".join(p.read_text() for p in UPDATES.glob("*.js"))
-        assert f"code: {e.code}, name: '{e.name}'" in texts
+        assert edges[name]["error"] == {"code": e.code, "name": e.name, "class": e.cls}
+        assert f"failure('{name}', " in updates[name] and states.edges_json() in updates[name], name
+    assert edges["reap"]["defaults"]["max_attempts"] == states.DEFAULT_MAX_ATTEMPTS
 
 
 def test_error_code_doc_lists_every_code():
@@ -335,7 +343,7 @@ def test_error_code_doc_lists_every_code():
 
 
 def test_pilot_path_imports_stay_lean():
-    code = ("import sys; import lrt.pilot.pilot, lrt.pilot.claim, lrt.pilot.run, lrt.cli.pilot; "
+    code = ("import sys; import lrt.pilot.pilot, lrt.protocol.client, lrt.pilot.run, lrt.cli.pilot; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('tqdm', 'rich', 'click', 'numpy', 'pandas', 'gfal2') or m == 'lrt.tokens'); "
             "print(','.join(bad))")

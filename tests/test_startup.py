@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: never needed to import lrt or print its version
 HEAVY = ("requests", "urllib3", "http.client", "ssl", "yaml", "tqdm", "charset_normalizer", "idna",
          "lrt.couch", "lrt.config", "lrt.tokens", "lrt.design", "lrt.launchers", "lrt.staging",
-         "lrt.pilot", "lrt.server", "lrt.batch", "concurrent.futures", "gfal2", "xmlrpc", "tarfile")
+         "lrt.pilot", "lrt.protocol", "lrt.server", "lrt.batch", "concurrent.futures", "gfal2", "xmlrpc",
+         "tarfile")
 #: admin-side or staging modules a pilot without staging never needs
 NOT_ON_PILOT_PATH = ("yaml", "tqdm", "lrt.config", "lrt.tokens", "lrt.launchers", "lrt.staging.gfal",
                      "lrt.staging.lta", "lrt.server", "gfal2", "xmlrpc", "concurrent.futures",

@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from lrt.pilot.claim import TokenClient
+from lrt.protocol.client import TokenClient
 from lrt.queries.why import Reason, explain, summarize
 from pilot_helpers import make_tokens, poll, start_pilot, stop, token
 

@@ -179,7 +179,9 @@ def cmd_run_local(ctx: Any) -> int:
 
 
 def cmd_reap(ctx: Any) -> int:
-    from ..pilot.claim import TokenClient, reap_expired, resolve_conflicts
+    from ..protocol.client import TokenClient
+    from ..protocol.conflicts import resolve_conflicts
+    from ..protocol.reaping import reap_expired
 
     a = ctx.args
     client = TokenClient(ctx.db, pilot="lrt-reap")
@@ -208,7 +210,7 @@ def cmd_reap(ctx: Any) -> int:
 
 def cmd_cancel(ctx: Any) -> int:
     from ..design import MONITOR_DDOC
-    from ..pilot.claim import TokenClient
+    from ..protocol.client import TokenClient
 
     a = ctx.args
     if not a.ids and not a.token_type:
@@ -246,7 +248,7 @@ def cmd_cancel(ctx: Any) -> int:
 
 
 def cmd_release(ctx: Any) -> int:
-    from ..pilot.claim import TokenClient
+    from ..protocol.client import TokenClient
 
     client = TokenClient(ctx.db, pilot="lrt-release")
     asked = refused = 0

@@ -224,7 +224,7 @@ def release_one(db: Database, child_id: str, doc: Optional[JSON] = None,
     ``doc`` is a copy read just now (saves a read); after a 409 the child is
     re-read and decided again.  A conflicted child (cluster) is resolved first.
     """
-    from ..pilot.claim import resolve_conflicts
+    from ..protocol.conflicts import resolve_conflicts
 
     resolved = False
     for i in range(tries):

@@ -29,6 +29,14 @@ Safety rules (docs/pilot.md explains them):
 * a running payload's token is looked at every ``cancel_check`` seconds with a
   conditional read (empty 304 while unchanged), so a cancel or a release
   request reaches it in seconds whatever the lease.
+
+One attempt is one pipeline, :meth:`Pilot._process_in`: **prepare** (command,
+sandbox, inputs, a fresh lease) -> **run** (the payload, supervised) ->
+**publish** (outputs, logs, then the finish or the release).  Each step that
+ends the attempt says how as an :class:`Outcome`, and only publishing writes
+it.  While anything runs under a held lease (the payload, a sandbox fetch,
+staging, stage-out), one :class:`LeaseKeeper` decides when the lease is renewed
+and when the token is looked at.
 """
 from __future__ import annotations
 
@@ -47,8 +55,9 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import errorcodes
 from ..batch import job_info, walltime_end
@@ -56,8 +65,12 @@ from ..couch import CouchConnectionError, CouchError, Database, ServerError
 from ..deps.release import after_finish, idle_sweep
 from ..design import MONITOR_DDOC
 from ..errors import LrtError
-from .claim import (Candidates, Claimed, Finishing, PendingClaim, Stats, TokenClient, reap_expired,
-                    resolve_conflicts)
+from ..protocol.client import Claimed, Finishing, PendingClaim, TokenClient
+from ..protocol.conflicts import resolve_conflicts
+from ..protocol.decisions import Refusal
+from ..protocol.reaping import reap_expired
+from ..protocol.stats import Stats
+from ..protocol.window import Candidates
 from .run import INLINE_MAX, Payload, capped_log, command_argv, describe_failure, payload_env, write_token_file
 from .run import remove_workdir
 
@@ -66,6 +79,118 @@ log = logging.getLogger("lrt.pilot")
 JSON = Dict[str, Any]
 
 _TRANSIENT = (CouchConnectionError, ServerError)
+
+
+class Look(str, Enum):
+    """What a look at the held token's lease said (:meth:`Pilot._renew`, :meth:`Pilot._watch`)."""
+
+    OK = "ok"             #: still ours
+    CANCEL = "cancel"     #: still ours, and a cancel was requested
+    RELEASE = "release"   #: still ours, and a release (stop and requeue, ``lrt release``) was requested
+    FENCED = "fenced"     #: another claim holds the token
+    DOWN = "down"         #: the server could not be asked
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Ending(str, Enum):
+    """How a payload run under a lease ended (:meth:`Pilot._supervise`)."""
+
+    EXITED = "exited"          #: on its own
+    TIMEOUT = "timeout"        #: killed: ran past the token's timeout
+    CANCELLED = "cancelled"    #: killed: a cancel was requested
+    LEASE_LOST = "lease_lost"  #: killed: the lease could not be renewed in time
+    RELEASE = "release"        #: killed: the pilot is being stopped (signal, walltime)
+    REQUEUE = "requeue"        #: killed: a release was requested (``lrt release``)
+    FENCED = "fenced"          #: killed: another claim holds the token
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Publish(str, Enum):
+    """What is written for an attempt (:meth:`Pilot._publish`)."""
+
+    DONE = "done"        #: outputs, logs, then the finish: done
+    ERROR = "error"      #: the finish with an error code (cancelled for CANCELLED)
+    RELEASE = "release"  #: the token goes back to todo, the attempt not counted
+    NOTHING = "nothing"  #: fenced: the token is another claim's, nothing is written
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class Outcome:
+    """How an attempt ended, whatever ended it: the payload, a failed preparation or
+    the lease keeper."""
+
+    publish: Publish
+    code: Optional[str] = None        #: error code name (ERROR)
+    message: Optional[str] = None     #: error message, release reason, or the warning when fenced
+    exit_code: Optional[int] = None
+    requeued: bool = False            #: a release that was asked for: this pilot does not claim it again
+
+    @classmethod
+    def error(cls, code: str, message: str, exit_code: Optional[int] = None) -> "Outcome":
+        return cls(Publish.ERROR, code=code, message=message, exit_code=exit_code)
+
+    @classmethod
+    def release(cls, why: Optional[str] = None, requeued: bool = False) -> "Outcome":
+        """Give the token back; ``why`` None: the pilot is being stopped (signal, walltime)."""
+        return cls(Publish.RELEASE, message=why, requeued=requeued)
+
+    @classmethod
+    def fenced(cls, note: Optional[str] = None) -> "Outcome":
+        return cls(Publish.NOTHING, message=note)
+
+
+@dataclass
+class Prepared:
+    """An attempt ready to start: the command and the sandbox it runs in."""
+
+    argv: List[str]
+    sandbox_dir: Optional[Path]
+
+
+#: the look at the lease that stops a payload with each ending
+_ENDING_LOOK = {Ending.CANCELLED: Look.CANCEL, Ending.REQUEUE: Look.RELEASE, Ending.FENCED: Look.FENCED,
+                Ending.LEASE_LOST: Look.DOWN}
+
+
+class LeaseKeeper:
+    """The one place that decides, while something runs under a held lease (the
+    payload, a sandbox fetch, staging), when the lease is renewed and when the
+    token is looked at: renewed once half of the lease has passed (retried at
+    most once a second while that fails), looked at every ``cancel_check``
+    seconds (a conditional read) in between."""
+
+    def __init__(self, pilot: "Pilot", c: Claimed):
+        self.pilot = pilot
+        self.c = c
+        self.renew_every = pilot.o.lease / 2.0
+        self.check_every = pilot.o.cancel_check or 0.0
+        self.last_try = 0.0
+        self.last_look = time.monotonic()
+
+    def tick(self) -> Optional[Look]:
+        """Renew or look if due; what that said (None: nothing was due)."""
+        now = time.monotonic()
+        renewed = self.c.renewed_mono
+        if now - renewed >= self.renew_every and now - self.last_try >= min(1.0, self.renew_every / 4):
+            self.last_try = self.last_look = now
+            return self.pilot._renew(self.c)
+        if self.check_every > 0 and now - max(self.last_look, renewed) >= self.check_every:
+            self.last_look = now
+            return self.pilot._watch(self.c)
+        return None
+
+    def lost(self, look: Optional[Look]) -> bool:
+        """True when the server cannot be reached and the lease is about to run out:
+        stop now (self-fencing), another pilot may be about to reap the token."""
+        return (look is Look.DOWN
+                and time.monotonic() - self.c.renewed_mono > self.pilot.o.lease - self.pilot._lease_safety())
 
 
 @dataclass
@@ -293,7 +418,7 @@ class Pilot:
             p = self._candidate(remaining)
             if p is None:
                 return None
-            if isinstance(p, str):
+            if isinstance(p, Refusal):
                 continue
             c = self.client.commit(pending=p).claimed
             self.cands.note(c is not None)
@@ -301,14 +426,14 @@ class Pilot:
                 return c
         return None
 
-    def _candidate(self, remaining: Optional[float]) -> "PendingClaim | str | None":
+    def _candidate(self, remaining: Optional[float]) -> "PendingClaim | Refusal | None":
         """A claim prepared on the next candidate; a reason string if that one was
         not claimable; None when there are no candidates."""
         row = self.cands.pop(self._server_now(), remaining)
         if row is None:
             return None
         p = self.client.prepare_claim(row.get("doc"), token_type=self.o.token_type, remaining=remaining)
-        if isinstance(p, str):
+        if isinstance(p, Refusal):
             self.cands.note(False)
         return p
 
@@ -331,7 +456,7 @@ class Pilot:
             except CouchError as exc:  # no candidate now: finish alone, claim later
                 log.debug("no candidate to claim with the finish: %s", exc)
                 return None
-            if not isinstance(p, str):
+            if not isinstance(p, Refusal):
                 return p
         return None
 
@@ -400,7 +525,7 @@ class Pilot:
         kind = f"type {self.o.token_type}" if self.o.token_type else "any type"
         log.warning("no claimable token of %s now; its tokens: %s", kind, what)
 
-    # -- one token -------------------------------------------------------------------
+    # -- one token: prepare -> run -> publish -------------------------------------------
     def _process(self, c: Claimed) -> None:
         wd = self.workdir / f"{_safe_name(c.id)}-{c.claim[:8]}"
         # overhead samples only between two consecutive payloads (set again after this one ran)
@@ -412,6 +537,20 @@ class Pilot:
             if not self.o.keep_workdirs:
                 remove_workdir(wd)
 
+    def _process_in(self, c: Claimed, wd: Path) -> None:
+        """One attempt: :meth:`_prepare` it (command, sandbox, inputs, a fresh lease),
+        :meth:`_run` the payload under the lease, :meth:`_publish` the outcome
+        (outputs, logs, then the finish or the release).  Whatever stops the
+        attempt early is an :class:`Outcome` too, published the same way."""
+        prepared = self._prepare(c, wd)
+        if isinstance(prepared, Outcome):
+            self._publish(c, prepared, wd)
+            return
+        outcome, p, ended = self._run(c, wd, prepared)
+        self._publish(c, outcome, wd, p)
+        if ended is not None:
+            self._last_payload_end = ended
+
     def _fail(self, c: Claimed, code_name: str, message: str, payload: Optional[Payload] = None,
               exit_code: Optional[int] = None) -> None:
         code = errorcodes.get(code_name)
@@ -419,12 +558,14 @@ class Pilot:
                       "error": code.error(message), "retryable": code.retry, "exit_code": exit_code}
         self._report(c, body, payload)
 
-    def _process_in(self, c: Claimed, wd: Path) -> None:
+    def _prepare(self, c: Claimed, wd: Path) -> "Prepared | Outcome":
+        """The command, the sandbox and the inputs of ``c`` (fetched and staged under the
+        lease), the token file, and a lease fresh enough to start the payload."""
         doc = c.doc
         try:
             argv = command_argv(doc)
         except ValueError as exc:
-            return self._fail(c, "BAD_TOKEN", str(exc))
+            return Outcome.error("BAD_TOKEN", str(exc))
         sandbox_dir: Optional[Path] = None
         if doc.get("sandbox"):
             from . import sandbox as sbmod  # only for tokens with a sandbox
@@ -432,75 +573,125 @@ class Pilot:
             try:
                 sha, url = sbmod.token_sandbox(doc)
                 cache = Path(os.environ.get("LRT_SANDBOX_CACHE") or sbmod.default_cache_dir())
-                res = self._blocking(c, lambda: sbmod.fetch_sandbox(self.db, sha, cache, url))
-                if res is None:
-                    return
-                sandbox_dir = res
-                argv = sbmod.resolve_command(argv, sandbox_dir)
+                got = self._under_lease(c, lambda: sbmod.fetch_sandbox(self.db, sha, cache, url))
+                if isinstance(got, Outcome):
+                    return got
+                sandbox_dir = got
+                argv = sbmod.resolve_command(argv, got)
             except LrtError as exc:
                 code = getattr(exc, "code", errorcodes.get("SANDBOX_DOWNLOAD").code)
-                return self._fail(c, errorcodes.get(int(code)).name, str(exc))
+                return Outcome.error(errorcodes.get(int(code)).name, str(exc))
         if doc.get("inputs"):
             from ..staging.pilot import stage_in  # only for tokens with inputs
 
             try:
-                if self._blocking(c, lambda: stage_in(doc, wd) or True) is None:
-                    return
+                got = self._under_lease(c, lambda: stage_in(doc, wd))
             except LrtError as exc:
-                return self._fail(c, self._code_name(exc, "STAGE_IN_FAILED"), str(exc))
+                return Outcome.error(self._code_name(exc, "STAGE_IN_FAILED"), str(exc))
+            if isinstance(got, Outcome):
+                return got
         write_token_file(doc, wd)
-        if not self._lease_fresh(c):
-            return
-        env = payload_env(doc, self.id, wd, sandbox=sandbox_dir, claim=c.claim,
+        stale = self._lease_fresh(c)
+        if stale is not None:
+            return stale
+        return Prepared(argv, sandbox_dir)
+
+    def _run(self, c: Claimed, wd: Path,
+             prep: "Prepared") -> "Tuple[Outcome, Optional[Payload], Optional[float]]":
+        """Start the payload and supervise it under the lease: the outcome, the payload
+        (None if it could not start) and when it ended (monotonic)."""
+        env = payload_env(c.doc, self.id, wd, sandbox=prep.sandbox_dir, claim=c.claim,
                           lease_expires=self._server_now() + self._lease_left(c),
                           clock_offset=self.db.server.clock_offset or 0.0)
         try:
-            p = Payload(argv, wd, env)
+            p = Payload(prep.argv, wd, env)
         except OSError as exc:
-            return self._fail(c, "COMMAND_NOT_FOUND", f"cannot execute {argv[0]!r}: {exc.strerror or exc}")
+            return (Outcome.error("COMMAND_NOT_FOUND", f"cannot execute {prep.argv[0]!r}: {exc.strerror or exc}"),
+                    None, None)
         if self._prev_end is not None:
             self.stats.overheads.append(time.monotonic() - self._prev_end)
         how = self._supervise(c, p)
         ended = time.monotonic()  # overhead is measured from here to the next payload's start
-        if how == "exited" and p.exit_code != 0 and self._stopped_with(p):
-            how = "release"
-        if how == "exited":
-            if p.exit_code == 0:
-                output = None
-                if doc.get("outputs"):
-                    from ..staging.pilot import stage_out
+        if how is Ending.EXITED and p.exit_code != 0 and self._stopped_with(p):
+            how = Ending.RELEASE
+        return self._ending_outcome(c, how, p), p, ended
 
-                    try:
-                        output = self._blocking(
-                            c, lambda: stage_out(doc, wd, c.claim, lambda: self._still_holding(c)))
-                        if output is None:
-                            return
-                    except LrtError as exc:
-                        return self._fail(c, self._code_name(exc, "STAGE_OUT_FAILED"), str(exc), p, 0)
-                body: JSON = {"outcome": "done", "exit_code": 0}
-                if output is not None:
-                    body["output"] = output
-                self._report(c, body, p)
-            elif p.signal_number is not None:
-                self._fail(c, "PAYLOAD_SIGNALED", describe_failure(p), p, None)
-            else:
-                self._fail(c, "PAYLOAD_FAILED", describe_failure(p), p, p.exit_code)
-        elif how == "timeout":
-            self._fail(c, "PAYLOAD_TIMEOUT", f"payload ran past its timeout of {doc.get('timeout')}s "
-                       "and was killed (SIGTERM, then SIGKILL)", p, p.exit_code)
-        elif how == "cancelled":
-            self._fail(c, "CANCELLED", "cancelled by a user while running; payload stopped", p, p.exit_code)
-        elif how == "lease_lost":
-            self._fail(c, "LEASE_LOST", "could not renew the lease in time; payload stopped", p, p.exit_code)
-        elif how == "release":
-            self._release(c, p)
-        elif how == "requeue":
-            self._requeued.add(c.id)
-            self._release(c, p, f"release requested by {self._requested_by(c)}; payload stopped")
-        elif how == "fenced":
+    def _ending_outcome(self, c: Claimed, how: Ending, p: Payload) -> "Outcome":
+        """What to record for a payload that ended ``how``."""
+        if how is Ending.EXITED:
+            if p.exit_code == 0:
+                return Outcome(Publish.DONE, exit_code=0)
+            if p.signal_number is not None:
+                return Outcome.error("PAYLOAD_SIGNALED", describe_failure(p))
+            return Outcome.error("PAYLOAD_FAILED", describe_failure(p), p.exit_code)
+        if how is Ending.TIMEOUT:
+            return Outcome.error("PAYLOAD_TIMEOUT", f"payload ran past its timeout of {c.doc.get('timeout')}s "
+                                 "and was killed (SIGTERM, then SIGKILL)", p.exit_code)
+        if how is Ending.RELEASE:
+            return Outcome.release()
+        out = self._stopped_by(c, _ENDING_LOOK[how], "running")
+        out.exit_code = p.exit_code
+        return out
+
+    #: what an attempt stopped by the lease keeper records, by phase: error or release
+    #: messages ({by}: who asked for the release), and the warning logged when fenced
+    _STOPPED = {
+        "preparing": {Look.CANCEL: "cancelled by a user while preparing",
+                      Look.RELEASE: "release requested by {by} while preparing",
+                      Look.DOWN: "could not renew the lease in time while preparing",
+                      Look.FENCED: None},
+        "starting": {Look.CANCEL: "cancelled by a user before its payload started",
+                     Look.RELEASE: "release requested by {by} before the payload started",
+                     Look.FENCED: "lease of {id} ran out before its payload started and the token was taken "
+                                  "back; not started"},
+        "running": {Look.CANCEL: "cancelled by a user while running; payload stopped",
+                    Look.RELEASE: "release requested by {by}; payload stopped",
+                    Look.DOWN: "could not renew the lease in time; payload stopped",
+                    Look.FENCED: "token {id} is held by another claim now; payload stopped, token left alone"},
+    }
+
+    def _stopped_by(self, c: Claimed, look: Look, phase: str) -> "Outcome":
+        """The outcome of an attempt the lease keeper stopped in ``phase``: fenced,
+        cancelled, release requested, or (``DOWN``) lease lost."""
+        text = self._STOPPED[phase][look]
+        if look is Look.FENCED:
+            return Outcome.fenced(text.format(id=c.id) if text else None)
+        assert text is not None
+        if look is Look.CANCEL:
+            return Outcome.error("CANCELLED", text)
+        if look is Look.RELEASE:
+            return Outcome.release(text.format(by=self._requested_by(c)), requeued=True)
+        return Outcome.error("LEASE_LOST", text)
+
+    def _publish(self, c: Claimed, o: "Outcome", wd: Path, p: Optional[Payload] = None) -> None:
+        """Record ``o``: upload the outputs of a success (under the lease), then the finish
+        with the logs; or give the token back; or, fenced, write nothing."""
+        if o.publish is Publish.DONE:
+            body: JSON = {"outcome": "done", "exit_code": 0}
+            if c.doc.get("outputs"):
+                from ..staging.pilot import stage_out
+
+                try:
+                    got = self._under_lease(
+                        c, lambda: stage_out(c.doc, wd, c.claim, lambda: self._still_holding(c)))
+                except LrtError as exc:
+                    return self._fail(c, self._code_name(exc, "STAGE_OUT_FAILED"), str(exc), p, 0)
+                if isinstance(got, Outcome):
+                    return self._publish(c, got, wd)
+                if got is not None:
+                    body["output"] = got
+            self._report(c, body, p)
+        elif o.publish is Publish.ERROR:
+            assert o.code is not None
+            self._fail(c, o.code, o.message or "", p, o.exit_code)
+        elif o.publish is Publish.RELEASE:
+            if o.requeued:
+                self._requeued.add(c.id)
+            self._release(c, p, o.message)
+        else:
             self.stats.fenced += 1
-            log.warning("token %s is held by another claim now; payload stopped, token left alone", c.id)
-        self._last_payload_end = ended
+            if o.message:
+                log.warning("%s", o.message)
 
     #: how a payload looks when it was stopped together with its pilot (signal or shell's 128+N)
     _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL)
@@ -536,7 +727,7 @@ class Pilot:
             return default
 
     # -- leases ------------------------------------------------------------------------
-    def _renew(self, c: Claimed) -> str:
+    def _renew(self, c: Claimed) -> Look:
         """Heartbeat: 'ok', 'cancel', 'release' (stop and requeue was asked), 'fenced'
         or 'down' (server unreachable)."""
         sent = time.monotonic()
@@ -544,9 +735,9 @@ class Pilot:
             ans = self.client.heartbeat(c.id, c.claim)
         except _TRANSIENT as exc:
             log.warning("heartbeat for %s failed: %s", c.id, exc)
-            return "down"
+            return Look.DOWN
         if not ans.ok:
-            return "fenced" if ans.reason != "conflict" else "down"
+            return Look.FENCED if ans.reason != "conflict" else Look.DOWN
         c.renewed_mono = sent
         if ans.rev:
             if _rev_gen(ans.rev) == _rev_gen(c.doc.get("_rev")) + 1:
@@ -561,12 +752,12 @@ class Pilot:
                 self._reload(c, tries=1)
         if ans.body.get("cancel_requested"):
             c.doc["cancel_requested"] = True
-            return "cancel"
+            return Look.CANCEL
         if ans.body.get("release_requested"):
-            return "release"
-        return "ok"
+            return Look.RELEASE
+        return Look.OK
 
-    def _watch(self, c: Claimed) -> str:
+    def _watch(self, c: Claimed) -> Look:
         """Look at the running token (a conditional read: an empty 304 while it is
         unchanged); if it changed -- a cancel or release request, an edit, another
         claim -- renew through the heartbeat, which answers with authority.
@@ -575,12 +766,12 @@ class Pilot:
         try:
             cur = self.db.get_if_changed(c.id, str(c.doc.get("_rev")))
         except _TRANSIENT:
-            return "down"
+            return Look.DOWN
         except CouchError as exc:
             log.warning("could not look at %s: %s", c.id, exc)
-            return "ok"
+            return Look.OK
         if cur is None:
-            return "ok"
+            return Look.OK
         if not cur.get("_deleted"):
             c.doc.clear()
             c.doc.update(cur)
@@ -601,91 +792,75 @@ class Pilot:
             left = min(left, exp - self._server_now())
         return left
 
-    def _lease_fresh(self, c: Claimed) -> bool:
+    def _lease_fresh(self, c: Claimed) -> "Optional[Outcome]":
         """Right before the payload starts: is the lease as stamped still good?
 
         Normally the claim is milliseconds old.  If half of the lease is gone
         (a claim re-sent through an outage, a slow sandbox fetch, a pilot that
         was stopped), renew it first; give the token up if it is not ours any
-        more, or if it cannot be renewed and is about to run out.
+        more, or if it cannot be renewed and is about to run out.  None if the
+        payload may start, else how the attempt ends.
         """
         if self._lease_left(c) >= self.o.lease / 2.0:
-            return True
+            return None
         self.stats.renewed_before_start += 1
         r = self._renew(c)
-        if r == "ok":
-            return True
-        if r == "cancel":
-            self._fail(c, "CANCELLED", "cancelled by a user before its payload started")
-        elif r == "release":
-            self._requeued.add(c.id)
-            self._release(c, None, f"release requested by {self._requested_by(c)} before the payload started")
-        elif r == "fenced":
-            self.stats.fenced += 1
-            log.warning("lease of %s ran out before its payload started and the token was taken back;"
-                        " not started", c.id)
-        elif self._lease_left(c) > self._lease_safety():
-            return True  # server unreachable, lease still good: the supervisor keeps trying
-        else:
-            log.warning("lease of %s is about to run out and cannot be renewed: not started", c.id)
-            self._release(c, None, "lease could not be renewed before the payload started")
-        return False
+        if r is Look.OK:
+            return None
+        if r is not Look.DOWN:
+            return self._stopped_by(c, r, "starting")
+        if self._lease_left(c) > self._lease_safety():
+            return None  # server unreachable, lease still good: the lease keeper keeps trying
+        log.warning("lease of %s is about to run out and cannot be renewed: not started", c.id)
+        return Outcome.release("lease could not be renewed before the payload started")
 
     def _lease_safety(self) -> float:
         return min(5.0, 0.1 * self.o.lease)
 
     def _still_holding(self, c: Claimed) -> bool:
-        return self._renew(c) in ("ok", "cancel")
+        return self._renew(c) in (Look.OK, Look.CANCEL)
 
-    def _supervise(self, c: Claimed, p: Payload) -> str:
-        """Wait for the payload while keeping the lease; how it ended."""
+    def _supervise(self, c: Claimed, p: Payload) -> Ending:
+        """Wait for the payload while the lease keeper keeps the lease; how it ended."""
         timeout = c.doc.get("timeout")
         deadline = time.monotonic() + float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else None
-        renew_every = self.o.lease / 2.0
-        check_every = self.o.cancel_check or 0.0
-        last_try = 0.0
-        last_look = time.monotonic()
+        keeper = LeaseKeeper(self, c)
         while not p.wait(0.25):
             now = time.monotonic()
             if self.stop_signal is not None:
                 p.kill(f"signal {self.stop_signal}", self.o.term_grace)
-                return "release"
+                return Ending.RELEASE
             rem = self.remaining()
             if rem is not None and rem <= -self.margin / 2:
                 p.kill("walltime", self.o.term_grace)
-                return "release"
+                return Ending.RELEASE
             if deadline is not None and now >= deadline:
                 p.kill("timeout", self.o.term_grace)
-                return "timeout"
-            r = None
-            if now - c.renewed_mono >= renew_every and now - last_try >= min(1.0, renew_every / 4):
-                last_try = last_look = now
-                r = self._renew(c)
-            elif check_every > 0 and now - max(last_look, c.renewed_mono) >= check_every:
-                last_look = now
-                r = self._watch(c)
-            if r == "fenced":
+                return Ending.TIMEOUT
+            r = keeper.tick()
+            if r is Look.FENCED:
                 p.kill("fenced", 0.5)
-                return "fenced"
-            if r == "cancel":
+                return Ending.FENCED
+            if r is Look.CANCEL:
                 p.kill("cancelled", self.o.term_grace)
-                return "cancelled"
-            if r == "release":
+                return Ending.CANCELLED
+            if r is Look.RELEASE:
                 p.kill("release requested", self.o.term_grace)
-                return "requeue"
-            if r == "down" and time.monotonic() - c.renewed_mono > self.o.lease - self._lease_safety():
+                return Ending.REQUEUE
+            if keeper.lost(r):
                 p.kill("lease lost", 0.5)
-                return "lease_lost"
+                return Ending.LEASE_LOST
         # finished on its own; a pilot that slept (SIGSTOP) past its lease must not report
         # before checking it still holds the token -- finish is fenced by claim anyway.
-        return "exited"
+        return Ending.EXITED
 
-    def _blocking(self, c: Claimed, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` (sandbox fetch, staging) in a thread while keeping the lease.
+    def _under_lease(self, c: Claimed, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (sandbox fetch, staging) in a thread while the lease keeper keeps the lease.
 
-        Returns fn's result, or None if the token was lost/cancelled/released
-        meanwhile (then the token has been dealt with already).  Exceptions
-        from ``fn`` propagate.
+        Returns fn's result, or the :class:`Outcome` of the attempt if the token
+        was fenced, cancelled, asked back or its lease lost meanwhile, or the
+        pilot is being stopped (``fn`` is left to finish in its daemon thread).
+        Exceptions from ``fn`` propagate.
         """
         box: Dict[str, Any] = {}
 
@@ -697,37 +872,17 @@ class Pilot:
 
         t = threading.Thread(target=target, daemon=True)
         t.start()
-        renew_every = self.o.lease / 2.0
-        check_every = self.o.cancel_check or 0.0
-        last_look = time.monotonic()
+        keeper = LeaseKeeper(self, c)
         while True:
             t.join(0.25)
             if not t.is_alive():
                 break
             if self.stop_signal is not None:
-                self._release(c, None)
-                return None
-            now = time.monotonic()
-            r = None
-            if now - c.renewed_mono >= renew_every:
-                last_look = now
-                r = self._renew(c)
-            elif check_every > 0 and now - max(last_look, c.renewed_mono) >= check_every:
-                last_look = now
-                r = self._watch(c)
-            if r == "fenced":
-                self.stats.fenced += 1
-                return None
-            if r == "cancel":
-                self._fail(c, "CANCELLED", "cancelled by a user while preparing")
-                return None
-            if r == "release":
-                self._requeued.add(c.id)
-                self._release(c, None, f"release requested by {self._requested_by(c)} while preparing")
-                return None
-            if r == "down" and time.monotonic() - c.renewed_mono > self.o.lease - self._lease_safety():
-                self._fail(c, "LEASE_LOST", "could not renew the lease in time while preparing")
-                return None
+                return Outcome.release()
+            r = keeper.tick()
+            if r in (Look.FENCED, Look.CANCEL, Look.RELEASE) or keeper.lost(r):
+                assert r is not None
+                return self._stopped_by(c, r, "preparing")
         if "e" in box:
             raise box["e"]
         return box.get("r")
@@ -742,18 +897,8 @@ class Pilot:
             return True
         body["log_tail"] = p.log_tail()
         body["timings"] = p.timings(self.db.server.clock_offset or 0.0)
-        inline: JSON = {}
-        for path in (p.stdout_path, p.stderr_path):
-            try:
-                size = path.stat().st_size
-            except OSError:
-                continue
-            if size == 0:
-                continue
-            if size <= INLINE_MAX:
-                inline[path.name] = {"content_type": "text/plain; charset=utf-8",
-                                     "data": base64.b64encode(path.read_bytes()).decode("ascii")}
-                continue
+        inline, large = _inline_logs(p)
+        for path in large:
             if not self._upload_log(c, capped_log(path), path.name):
                 return False
         if inline:
@@ -827,14 +972,7 @@ class Pilot:
         body: JSON = {"message": f"{why}; token released"}
         if p is not None:
             body["log_tail"] = p.log_tail()
-            inline: JSON = {}
-            for path in (p.stdout_path, p.stderr_path):
-                try:
-                    if 0 < path.stat().st_size <= INLINE_MAX:
-                        inline[path.name] = {"content_type": "text/plain; charset=utf-8",
-                                             "data": base64.b64encode(path.read_bytes()).decode("ascii")}
-                except OSError:
-                    pass
+            inline, _ = _inline_logs(p)  # we are being stopped: large logs are not uploaded
             if inline:
                 body["attachments"] = inline
         patience = min(self.finish_patience, 30.0)  # we are being stopped: do not linger
@@ -878,6 +1016,25 @@ class Pilot:
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, path)
+
+
+def _inline_logs(p: Payload) -> Tuple[JSON, List[Path]]:
+    """The payload's non-empty logs: those up to ``INLINE_MAX`` bytes as inline
+    attachments ({name: {content_type, data (base64)}}), and the paths of the
+    larger ones (uploaded on their own, capped); a log that cannot be read is left out."""
+    inline: JSON = {}
+    large: List[Path] = []
+    for path in (p.stdout_path, p.stderr_path):
+        try:
+            size = path.stat().st_size
+            if 0 < size <= INLINE_MAX:
+                inline[path.name] = {"content_type": "text/plain; charset=utf-8",
+                                     "data": base64.b64encode(path.read_bytes()).decode("ascii")}
+            elif size > INLINE_MAX:
+                large.append(path)
+        except OSError:
+            continue
+    return inline, large
 
 
 def _rev_gen(rev: Any) -> int:

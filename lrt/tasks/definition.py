@@ -22,6 +22,7 @@ import yaml
 
 from ..config import _duplicate_keys, _Lines, _suggest
 from ..errors import ConfigError, LrtError
+from ..states import DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS
 
 #: parameter types (``type:`` of a parameter)
 TYPES = ("int", "float", "bool", "str", "enum", "file")
@@ -229,8 +230,8 @@ class Task:
     outputs: Dict[str, OutputSpec] = field(default_factory=dict)
     dest: Optional[str] = None
     resources: Dict[str, Any] = field(default_factory=dict)
-    max_attempts: int = 3
-    backoff: float = 30.0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backoff: float = float(DEFAULT_BACKOFF)
     payload_errors: bool = False
     priority: int = 0
     test: Optional[Dict[str, Any]] = None
@@ -431,9 +432,9 @@ class _TaskValidator:
 
         retry = self.mapping(d.get("retry"), "retry")
         self.unknown(retry, RETRY_KEYS, "retry")
-        max_attempts = self.number(retry.get("max_attempts", 3), "retry", "max_attempts",
+        max_attempts = self.number(retry.get("max_attempts", DEFAULT_MAX_ATTEMPTS), "retry", "max_attempts",
                                    integer=True, minimum=1)
-        backoff = self.duration(retry.get("backoff", 30), "retry", "backoff")
+        backoff = self.duration(retry.get("backoff", DEFAULT_BACKOFF), "retry", "backoff")
         pe = retry.get("payload_errors", False)
         if not isinstance(pe, bool):
             raise self.fail("retry.payload_errors must be true or false", "retry", "payload_errors")

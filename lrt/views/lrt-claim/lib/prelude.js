@@ -1,9 +1,11 @@
 // Shared by every lrt-claim update handler.  lrt/design.py pastes this file
 // where a handler has the line `__LRT_PRELUDE__;` (update handlers have no
 // include mechanism that both Apache CouchDB and pouchdb-server support), and
-// fills in the transition table and the history bound from lrt/states.py.
+// fills in the transition table, the edge specs (fields each edge clears, its
+// defaults and error code) and the history bound from lrt/states.py.
 // It relies on the handler's arguments being named (doc, req).
   var T = __LRT_TRANSITIONS__;
+  var EDGES = __LRT_EDGES__;
   var HISTORY_LIMIT = __LRT_HISTORY_LIMIT__;
   var now = Date.now() / 1000;
   var b;
@@ -40,10 +42,20 @@
     doc._attachments = doc._attachments || {};
     for (var name in atts) { doc._attachments[name] = atts[name]; }
   }
-  // the token is nobody's any more
-  function unlease() {
-    doc.lease = null;
-    doc.pilot = null;
-    doc.host = null;
-    doc.batch_job = null;
+  // what edge `name` does to the token besides its state (lrt/states.py: Edge)
+  function edge(name) {
+    var e = EDGES[name], i, k;
+    for (i = 0; i < e.removes.length; i++) { delete doc[e.removes[i]]; }
+    for (i = 0; i < e.clears.length; i++) { doc[e.clears[i]] = null; }
+    for (k in e.resets) { doc[k] = e.resets[k]; }
+  }
+  // doc[key], or edge `name`'s default when it is absent or null
+  function dflt(name, key) {
+    var v = doc[key];
+    return (v === undefined || v === null) ? EDGES[name].defaults[key] : v;
+  }
+  // the token's error field with edge `name`'s error code
+  function failure(name, message) {
+    var c = EDGES[name].error;
+    return {code: c.code, name: c.name, 'class': c['class'], message: message};
   }

@@ -18,8 +18,7 @@ function (doc, req) {
   if ((T[doc.state] || []).indexOf('cancelled') < 0) { return no('state', {state: doc.state}); }
   var was = doc.state;
   doc.state = 'cancelled';
-  doc.error = {code: 70, name: 'CANCELLED', 'class': 'system',
-               message: 'cancelled by ' + String((b && b.by) || 'a user') + ' while ' + was};
+  doc.error = failure('cancel', 'cancelled by ' + String((b && b.by) || 'a user') + ' while ' + was);
   doc.updated = now;
   return [doc, {json: {ok: true, state: 'cancelled', now: now}}];
 }

@@ -10,7 +10,7 @@ function (doc, req) {
   if (doc.state !== 'locked' || !doc.lease || doc.lease.claim !== b.claim) {
     return no('fenced', {state: doc.state});
   }
-  var secs = Number(b.lease_seconds) || 600;
+  var secs = Number(b.lease_seconds) || EDGES.renew.defaults.lease_seconds;
   delete doc._revisions;
   doc.lease.renewed = now;
   doc.lease.expires = now + secs;

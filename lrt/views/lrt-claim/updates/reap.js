@@ -12,21 +12,15 @@ function (doc, req) {
   var lease = doc.lease || {};
   var expires = lease.expires || 0;
   if (expires + grace >= now) { return no('alive', {expires: expires}); }
-  var max = (doc.max_attempts === undefined || doc.max_attempts === null) ? 3 : doc.max_attempts;
-  var dst = (doc.attempts || 0) >= max ? 'failed' : 'todo';
+  var dst = (doc.attempts || 0) >= dflt('reap', 'max_attempts') ? 'failed' : 'todo';
   if (doc.cancel_requested) { dst = 'cancelled'; }
   if ((T.locked || []).indexOf(dst) < 0) { return no('transition'); }
-  delete doc._revisions;
-  var err = {code: 41, name: 'PILOT_LOST', 'class': 'system',
-             message: 'lease of pilot ' + (lease.pilot || '?') + ' expired at ' + expires +
-                      ' (server clock); reaped at ' + now};
+  var err = failure('reap', 'lease of pilot ' + (lease.pilot || '?') + ' expired at ' + expires +
+                            ' (server clock); reaped at ' + now);
   record('reap', dst, null, err);
+  edge('reap');
   doc.state = dst;
   doc.error = err;
-  unlease();
-  doc.exit_code = null;
-  doc.cancel_requested = false;
-  delete doc.release_requested;
   doc.updated = now;
   return [doc, {json: {ok: true, state: dst, now: now}}];
 }

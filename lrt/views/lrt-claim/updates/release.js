@@ -14,20 +14,15 @@ function (doc, req) {
     return no('fenced', {state: doc.state});
   }
   if ((T.locked || []).indexOf('todo') < 0) { return no('transition'); }
-  delete doc._revisions;
-  var lease = doc.lease;
-  var err = {code: 42, name: 'PREEMPTED', 'class': 'system',
-             message: String(b.message || 'pilot stopped; token released').substring(0, 2000)};
+  var err = failure('release', String(b.message || 'pilot stopped; token released').substring(0, 2000));
   record('release', 'todo', null, err);
+  edge('release');
   doc.attempts = Math.max(0, (doc.attempts || 0) - 1);
   doc.preemptions = (doc.preemptions || 0) + 1;
   doc.state = 'todo';
-  unlease();
-  doc.exit_code = null;
   doc.error = err;
   if (b.log_tail !== undefined) { doc.log_tail = b.log_tail; }
   attach(b.attachments);
-  delete doc.release_requested;
   if (doc.cancel_requested) { doc.state = 'cancelled'; doc.cancel_requested = false; }
   doc.updated = now;
   return [doc, {json: {ok: true, state: doc.state, now: now}}];

@@ -2,7 +2,7 @@
 // the monitoring indexes.  Key: [type, -priority, shard, created, _id]: per type,
 // highest priority first; within a priority, the tokens are spread over
 // __LRT_QUEUE_SHARDS__ shards by a hash of their id, so that pilots can start reading
-// at a random shard and do not all fight for the first rows (lrt/pilot/claim.py,
+// at a random shard and do not all fight for the first rows (lrt/protocol/window.py,
 // Candidates); oldest first within a shard.  Conflicted documents are left out
 // until resolved.  The value carries what a pilot needs to skip a candidate
 // without a write: not_before (retry backoff, server clock) and expected_duration
