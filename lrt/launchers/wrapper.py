@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional
 
-from . import (Connection, check_no_secret, common_variables, find_template, lrt_command, password_file_for,
-               pilot_args, q, render)
+from .command import lrt_command, pilot_args
+from .credentials import Connection, check_no_secret, password_file_for
+from .templates import common_variables, find_template, q, render
 
 TEMPLATE = "pilot.sh.tmpl"
 
