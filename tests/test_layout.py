@@ -51,3 +51,15 @@ def test_the_checks_can_fail(tmp_path):
     f = LRT / "pilot" / "claim.py"
     assert "lrt.pilot.claim" not in list(_imports(f))  # sanity of the resolver
     assert any(m == "lrt.couch" for m in _imports(f))   # `from ..couch import ...` is resolved
+
+
+def test_configs_and_tasks_validate_without_staging():
+    """Token configs and task definitions share lrt.validation and read file lists from
+    lrt.filelist: neither reaches into the staging package (gfal2, tape requests)."""
+    for rel in ("config.py", "validation.py", "filelist.py", "tasks/definition.py"):
+        # SrmList.convert (not used by configs) asks the site table, lazily
+        allowed = {"lrt.staging.sites"} if rel == "filelist.py" else set()
+        staging = [m for m in _imports(LRT / rel) if m.split(".")[:2] == ["lrt", "staging"]]
+        assert set(staging) <= allowed, rel
+    assert "lrt.validation" in list(_imports(LRT / "tasks" / "definition.py"))
+    assert "lrt.config" not in list(_imports(LRT / "tasks" / "definition.py"))

@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _read_list(path: str) -> List[str]:
-    from ..staging.srmlist import SrmList, SrmListError
+    from ..filelist import SrmList, SrmListError
 
     try:
         return SrmList.from_file(path).urls
