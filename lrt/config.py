@@ -138,7 +138,6 @@ class TokenConfig:
     inputs: Any = None
     #: the :class:`lrt.tasks.Task` named by ``task:`` (tokens are checked against it)
     task: Any = None
-    _ids_checked: bool = False
 
     # -- loading ------------------------------------------------------------------
     @classmethod
@@ -339,7 +338,6 @@ class TokenConfig:
                         f"({_brief(_varying(item, self))}); put every value that varies into the "
                         "id template", path=self.path)
                 first[item.id] = item
-        self._ids_checked = True
         return n
 
 

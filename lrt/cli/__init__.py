@@ -18,7 +18,7 @@ from typing import Any, Callable, List, Optional, Sequence
 from .. import __version__
 from ..errors import LrtError
 
-#: subcommand modules, in help order; a module that is missing is skipped
+#: subcommand modules, in help order (all ship with the package: a failing import is a bug, not skipped)
 MODULES = ("server", "tokens", "pilot", "sandbox", "stage", "launch", "why", "monitor", "dashboard",
            "task", "uws")
 
@@ -132,13 +132,7 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     target = sub if wanted is None else _OnlyCommand(sub, wanted)
     for name in MODULES:
-        try:
-            mod = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":
-                continue
-            raise
-        mod.register(target)
+        importlib.import_module(f"{__name__}.{name}").register(target)
     if wanted and wanted not in sub.choices:
         return build_parser()  # not a command: the full parser's error lists them all
     return p

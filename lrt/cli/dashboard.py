@@ -47,12 +47,13 @@ def cmd_dashboard(ctx) -> int:
                              "(it has no login of its own); reach it with `ssh -L 8742:127.0.0.1:8742 host`")
     if a.refresh <= 0:
         raise DashboardError("--refresh must be positive")
-    try:
-        import uvicorn  # noqa: F401 - present? (served by serve_app)
-
-        from ..web.app import WebContext, create_app
+    try:  # the web extra; lrt.web itself always ships, so its imports stay outside the guard
+        import jinja2  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401 - served by serve_app
     except ImportError as exc:
         raise DashboardError(f"the dashboard needs the web extra: pip install 'lrt[web]' ({exc.name} missing)")
+    from ..web.app import WebContext, create_app
     db = ctx.db
     if not db.exists():
         raise LrtError(f"database {db.name} does not exist on {db.server.url}")

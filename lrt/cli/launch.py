@@ -58,8 +58,8 @@ def _env_option(p: argparse.ArgumentParser) -> None:
                         "they get only PATH, HOME, locale, LRT_HOME and the connection (docs/launch.md)")
 
 
-def _common(p: argparse.ArgumentParser, pilots_required: bool = True) -> None:
-    p.add_argument("--pilots", type=int, default=None if pilots_required else 1, required=False,
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pilots", type=int, default=None,
                    help="number of pilots (array elements / jobs / processes)")
     p.add_argument("--type", dest="token_type", help="token type the pilots claim (lrt pilot --type)")
     p.add_argument("--pilot-args", metavar="ARGS",
@@ -136,8 +136,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     li.set_defaults(func=cmd_list)
 
 
-def _pilots(ctx, default: Any = None) -> int:
-    n = ctx.args.pilots if ctx.args.pilots is not None else default
+def _pilots(ctx: Any) -> int:
+    n = ctx.args.pilots
     if n is None:
         raise ConfigError("--pilots N is required")
     if n < 1:

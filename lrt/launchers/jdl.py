@@ -13,7 +13,6 @@ On grid worker nodes lrt is not at the submit host's path: the wrapper runs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..errors import ConfigError

@@ -7,7 +7,6 @@ wrapper itself only holds the URL, user and database name.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, Optional
 
 from .command import lrt_command, pilot_args
@@ -43,6 +42,3 @@ def plain(value: str, what: str) -> str:
         raise ValueError(f"{what} must not contain newlines or double quotes: {value!r}")
     return value
 
-
-def folder_path(folder: Path, name: str) -> str:
-    return plain(str(folder / name), "path")

@@ -16,7 +16,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from ..errors import ConfigError, LrtError
 from ..validation import Lines, Validator, load_yaml, suggest

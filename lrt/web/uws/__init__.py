@@ -678,10 +678,11 @@ def make_routes(tasks: TaskRegistry, max_wait: float = MAX_WAIT,
             doc = await run_in_threadpool(svc.load, task, jid, user)
             fmt = request.query_params.get("format", "json")
             try:
-                from ...provenance import FORMATS, serialize, token_document
+                import prov  # noqa: F401 - the prov extra
             except ImportError as exc:
                 raise UwsError(501, f"provenance needs the prov extra: pip install 'lrt[prov]' "
                                     f"({exc.name} missing)") from None
+            from ...provenance import FORMATS, serialize, token_document
             if fmt not in FORMATS:
                 raise UwsError(400, f"format must be one of {', '.join(FORMATS)}")
             if doc_phase(doc, time.time()) not in FINISHED:
