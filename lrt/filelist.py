@@ -222,17 +222,17 @@ class SrmList(list):
     def _coerce(item: Union[str, Link]) -> Link:
         return item if isinstance(item, Link) else parse_link(str(item))
 
-    def append(self, item: Union[str, Link]) -> None:  # type: ignore[override]
+    def append(self, item: Union[str, Link]) -> None:
         super().append(self._coerce(item))
 
-    def extend(self, items: Iterable[Union[str, Link]]) -> None:  # type: ignore[override]
+    def extend(self, items: Iterable[Union[str, Link]]) -> None:
         for item in items:
             self.append(item)
 
     def insert(self, i: int, item: Union[str, Link]) -> None:  # type: ignore[override]
         super().insert(i, self._coerce(item))
 
-    def __setitem__(self, i, item):  # type: ignore[override]
+    def __setitem__(self, i, item):
         if isinstance(i, slice):
             super().__setitem__(i, [self._coerce(x) for x in item])
         else:

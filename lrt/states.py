@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from enum import Enum
-from typing import Any, Dict, FrozenSet, Mapping, Optional
+from typing import Any, Dict, FrozenSet, Mapping, Optional, Tuple
 
 from .errors import TransitionError
 
@@ -110,7 +110,7 @@ TRANSITIONS[State.PENDING] = {
 HISTORY_LIMIT = 20
 
 #: fields a transition into a state clears (so a reset token carries no stale result)
-CLEARED_ON: Dict[State, tuple] = {
+CLEARED_ON: Dict[State, Tuple[str, ...]] = {
     State.TODO: ("lease", "exit_code", "error", "pilot", "host", "batch_job", "log_tail"),
     State.LOCKED: ("exit_code", "error", "log_tail"),
 }

@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import LrtError
+
+if TYPE_CHECKING:
+    from ..couch import Database
 
 
 class DashboardError(LrtError):
@@ -67,7 +70,7 @@ def cmd_dashboard(ctx) -> int:
     return serve_app(app, a, "lrt dashboard")
 
 
-def warn_outdated(db: Any, ddocs: Sequence[str], prog: str) -> None:
+def warn_outdated(db: "Database", ddocs: Sequence[str], prog: str) -> None:
     """A warning on stderr for each design document the pages need that is missing or outdated."""
     from .. import design
 

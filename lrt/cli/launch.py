@@ -9,9 +9,12 @@ import argparse
 import datetime
 import json
 import sys
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..launchers import Connection
 
 
 class _PilotArgsParser(argparse.ArgumentParser):
@@ -43,7 +46,7 @@ def _warn(text: str) -> None:
     print(f"lrt: warning: {text}", file=sys.stderr, flush=True)
 
 
-def _check_reachable(conn: Any) -> None:
+def _check_reachable(conn: "Connection") -> None:
     """Warn when pilots on other machines would be sent to a loopback URL (not for local launches)."""
     from ..launchers import loopback_warning
 
@@ -145,7 +148,7 @@ def _pilots(ctx: Any) -> int:
     return int(n)
 
 
-def _conn(ctx: Any) -> Any:
+def _conn(ctx: Any) -> "Connection":
     from ..launchers import connection
 
     return connection(ctx.settings)

@@ -172,10 +172,10 @@ def launch_summary(db: "Database", limit: int = 20) -> List[Dict[str, Any]]:
         return len(d.get("ended") or {}) >= int(d.get("count") or 0)
 
     observed: Dict[str, Observed] = {}
-    for system in BACKENDS:   # one question per batch system for all its open launches
-        open_ = [d for d in docs if d.get("system") == system and not complete(d)]
+    for name in BACKENDS:   # one question per batch system for all its open launches
+        open_ = [d for d in docs if d.get("system") == name and not complete(d)]
         if open_:
-            observed.update(launcher(system).observe(open_))
+            observed.update(launcher(name).observe(open_))
     out: List[Dict[str, Any]] = []
     for d in docs:
         system = d.get("system")

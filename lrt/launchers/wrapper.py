@@ -7,7 +7,7 @@ wrapper itself only holds the URL, user and database name.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from .command import lrt_command, pilot_args
 from .credentials import Connection, check_no_secret, password_file_for
@@ -18,7 +18,7 @@ TEMPLATE = "pilot.sh.tmpl"
 
 def render_wrapper(conn: Connection, launch_id: str, token_type: Optional[str], extra_args: Optional[str],
                    count: int, template: Optional[str], lrt: Optional[str], password_file: Optional[str],
-                   write: bool = True, default_lrt: Optional[str] = None) -> Dict[str, object]:
+                   write: bool = True, default_lrt: Optional[str] = None) -> Dict[str, Any]:
     """``{"text", "template_path", "template_text", "password_path", "variables", "pilot_argv"}``."""
     tpl = find_template(TEMPLATE, template)
     text = tpl.read_text()

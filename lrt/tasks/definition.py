@@ -489,7 +489,7 @@ class _TaskValidator(Validator):
 
 
 # -- the task folder ------------------------------------------------------------------------------
-def tasks_dir(folder: Union[str, Path, None] = None) -> Path:
+def tasks_dir(folder: Union[str, "os.PathLike[str]", None] = None) -> Path:
     """The task folder: ``folder``, else ``$LRT_TASKS``, else ``./tasks``."""
     if folder:
         return Path(folder).expanduser()
@@ -500,7 +500,7 @@ def tasks_dir(folder: Union[str, Path, None] = None) -> Path:
 class TaskRegistry:
     """The tasks of one folder (``NAME.yaml`` each), loaded and validated on demand."""
 
-    def __init__(self, folder: Union[str, Path, None] = None):
+    def __init__(self, folder: Union[str, "os.PathLike[str]", None] = None):
         self.folder = tasks_dir(folder)
         self._cache: Dict[str, Tuple[float, Task]] = {}
 

@@ -543,8 +543,9 @@ def make_routes(tasks: TaskRegistry, max_wait: float = MAX_WAIT,
                                            parse_iso(after) if after else None, n_last)
             root = ET.Element(_q("jobs"), {"version": "1.1"})
             for r in rows:
-                ref = _sub(root, "jobref", id=r["id"], **{f"{{{XLINK_NS}}}href": job_url(request, task, r["id"]),
-                                                           f"{{{XLINK_NS}}}type": "simple"})
+                link: Dict[str, Any] = {f"{{{XLINK_NS}}}href": job_url(request, task, r["id"]),
+                                        f"{{{XLINK_NS}}}type": "simple"}
+                ref = _sub(root, "jobref", id=r["id"], **link)
                 _sub(ref, "phase", r["phase"].value)
                 if r["run_id"]:
                     _sub(ref, "runId", r["run_id"])
