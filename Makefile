@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # the browser tests use Debian's chromium (scripts/testbed-chromium.sh), never a downloaded one
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: all demo test venv node testbed clean bench
+.PHONY: all demo test typecheck venv node testbed clean bench
 
 all: test
 
@@ -35,7 +35,12 @@ testbed: venv
 demo: venv node
 	@bash scripts/demo.sh "$(VENV)"
 
-test: venv node testbed
+# static types first (config: [tool.mypy] in pyproject.toml): a type error stops `make test`
+# before the suite starts, with mypy's own file:line messages
+typecheck: venv
+	$(PY) -m mypy
+
+test: venv node testbed typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: venv node

@@ -18,7 +18,6 @@ of tokens (the id-collision check keeps 8 bytes per token).
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
@@ -26,11 +25,12 @@ import re
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from .errors import ConfigError
 from .states import DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS
-from .staging.srmlist import (Chunk, Link, SrmListError, SubbandIndex, build_index,
+from .validation import Lines, Validator, load_yaml, suggest
+from .filelist import (Chunk, Link, SrmListError, SubbandIndex, build_index,
                               group_by_lines, group_by_subband, line_ranges, parse_link,
                               read_entries)
 
@@ -89,69 +89,6 @@ def bad_lines_message(bad: Mapping[int, str], cap: int = MAX_BAD_LINES) -> str:
     return "\n".join(out)
 
 
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-class _Lines:
-    """Line numbers of keys in a YAML document, found only when an error needs one."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self._map: Optional[Dict[Tuple[str, ...], int]] = None
-
-    def __call__(self, *path: str) -> Optional[int]:
-        if self._map is None:
-            self._map = {}
-            import yaml
-
-            try:
-                node = yaml.compose(self.text, Loader=yaml.SafeLoader)
-            except yaml.YAMLError:
-                node = None
-            if node is not None:
-                self._walk(node, ())
-        while path:
-            if path in self._map:
-                return self._map[path]
-            path = path[:-1]
-        return None
-
-    def _walk(self, node: Any, prefix: Tuple[str, ...]) -> None:
-        import yaml
-
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                key = prefix + (str(k.value),)
-                self._map.setdefault(key, k.start_mark.line + 1)  # type: ignore[union-attr]
-                self._walk(v, key)
-
-
-def _duplicate_keys(text: str) -> Optional[Tuple[str, int]]:
-    """PyYAML keeps the last of two equal keys silently; we refuse them."""
-    import yaml
-
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return None
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, yaml.MappingNode):
-            seen = set()
-            for k, v in n.value:
-                if isinstance(k, yaml.ScalarNode):
-                    if k.value in seen:
-                        return k.value, k.start_mark.line + 1
-                    seen.add(k.value)
-                stack.append(v)
-        elif isinstance(n, yaml.SequenceNode):
-            stack.extend(n.value)
-    return None
-
-
 @dataclass
 class Item:
     """One token to be, before it becomes a document: id, template variables, payload, chunk."""
@@ -203,7 +140,6 @@ class TokenConfig:
     inputs: Any = None
     #: the :class:`lrt.tasks.Task` named by ``task:`` (tokens are checked against it)
     task: Any = None
-    _ids_checked: bool = False
 
     # -- loading ------------------------------------------------------------------
     @classmethod
@@ -224,28 +160,14 @@ class TokenConfig:
                   files: Optional[Union[str, Path]] = None,
                   default_name: Optional[str] = None) -> "TokenConfig":
         """Validate config ``text``; relative file lists resolve against ``base_dir``."""
-        import yaml  # here, not at import: `lrt status` and friends never parse YAML
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"malformed YAML: {problem}", path=path,
-                              line=mark.line + 1 if mark else None) from None
-        if not isinstance(data, dict):
-            raise ConfigError("a token config is a YAML mapping (key: value lines)", path=path)
-        dup = _duplicate_keys(text)
-        if dup:
-            raise ConfigError(f"key {dup[0]!r} appears twice", path=path, line=dup[1])
-        lines = _Lines(text)
+        data, lines = load_yaml(text, path, "a token config")
         v = _Validator(path, lines)
         cfg = v.build(data, Path(base_dir) if base_dir else Path.cwd(), files, default_name)
         cfg._scan_files(lines)
         return cfg
 
     # -- the file list pass ----------------------------------------------------------
-    def _scan_files(self, lines: "_Lines") -> None:
+    def _scan_files(self, lines: Lines) -> None:
         """First streaming pass over the file list: validate every link, index subbands."""
         f = self.files
         if f is None:
@@ -371,7 +293,7 @@ class TokenConfig:
             tid = self.id_template.format_map(values)
         except KeyError as exc:
             raise ConfigError(f"id template {self.id_template!r}: unknown placeholder "
-                              f"{{{exc.args[0]}}}{_suggest(str(exc.args[0]), list(values))}; "
+                              f"{{{exc.args[0]}}}{suggest(str(exc.args[0]), list(values))}; "
                               f"available: {', '.join(sorted(values))}", path=self.path) from None
         except (ValueError, IndexError, TypeError, AttributeError) as exc:
             raise ConfigError(f"id template {self.id_template!r} cannot be filled with "
@@ -418,7 +340,6 @@ class TokenConfig:
                         f"({_brief(_varying(item, self))}); put every value that varies into the "
                         "id template", path=self.path)
                 first[item.id] = item
-        self._ids_checked = True
         return n
 
 
@@ -448,37 +369,12 @@ def _product(lists: List[Sequence[Any]]) -> Iterator[Tuple[Any, ...]]:
             yield (value,) + tail
 
 
-class _Validator:
-    """Turns the parsed YAML into a :class:`TokenConfig`, or raises a ConfigError with a line."""
+class _Validator(Validator):
+    """Turns the parsed YAML into a :class:`TokenConfig`, or raises a ConfigError with a line.
 
-    def __init__(self, path: str, lines: _Lines):
-        self.path = path
-        self.lines = lines
-
-    def fail(self, msg: str, *key: str) -> ConfigError:
-        return ConfigError(msg, path=self.path, line=self.lines(*key) if key else None)
-
-    def unknown(self, data: Mapping[str, Any], known: Sequence[str], *prefix: str) -> None:
-        for k in data:
-            if str(k) not in known:
-                where = ".".join(prefix + (str(k),))
-                raise self.fail(f"unknown key {where!r}{_suggest(str(k), known)}; known keys"
-                                f"{' of ' + '.'.join(prefix) if prefix else ''}: "
-                                f"{', '.join(known)}", *prefix, str(k))
-
-    def number(self, value: Any, key: Tuple[str, ...], minimum: float = 0, allow_none: bool = True,
-               integer: bool = False) -> Any:
-        name = ".".join(key)
-        if value is None and allow_none:
-            return None
-        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok or (isinstance(value, float) and not math.isfinite(value)):
-            want = "an integer" if integer else "a number"
-            raise self.fail(f"{name} must be {want}{' or null' if allow_none else ''}, "
-                            f"not {value!r}", *key)
-        if value < minimum:
-            raise self.fail(f"{name} must be >= {minimum}, not {value!r}", *key)
-        return value if integer else float(value)
+    One method per section, in the order their errors are reported; the checks
+    shared with task definitions come from :class:`lrt.validation.Validator`.
+    """
 
     def json_value(self, value: Any, *key: str) -> Any:
         try:
@@ -498,103 +394,118 @@ class _Validator:
             d.setdefault("command", list(task.command))
             if task.sandbox is not None:
                 d.setdefault("sandbox", {"path": str(task.sandbox)})
+        ttype = self.token_type(d)
+        tokenset = d.get("tokenset", default_name or ttype)
+        if not isinstance(tokenset, str) or not tokenset:
+            raise self.fail(f"tokenset must be a non-empty string, not {tokenset!r}", "tokenset")
+        command = self.config_command(d.get("command"))
+        priority = self.number(d.get("priority", 0), ("priority",), minimum=-10**9,
+                               allow_none=False, integer=True)
+        max_attempts = self.number(d.get("max_attempts", DEFAULT_MAX_ATTEMPTS), ("max_attempts",), minimum=1,
+                                   allow_none=False, integer=True)
+        retry = self.retry(d.get("retry"))
+        timeout = self.number(d.get("timeout"), ("timeout",), minimum=0)
+        expected = self.number(d.get("expected_duration"), ("expected_duration",), minimum=0)
+        needs_staging = self.boolean(d.get("needs_staging", False), "needs_staging")
+        sandbox = self.sandbox(d.get("sandbox"), base)
+        outputs = self.outputs(d.get("outputs"))
+        files = self.files(d.get("files"), base, files_override)
+        reserved = set(COMMON_VARS)
+        if files is not None:
+            reserved |= set(SUBBAND_VARS if files.group_by == "subband" else LINES_VARS)
+        payload = self.payload(d.get("payload"), reserved)
+        sweep = self.sweep(d.get("sweep"), reserved, payload)
+
+        from .deps.spec import parse_after, parse_inputs
+
+        after = parse_after(d.get("after"), self.fail)
+        inputs = parse_inputs(d.get("inputs"), self.fail)
+        if inputs is not None and after is None:
+            raise self.fail("inputs.from_parent needs an 'after' (the parents)", "inputs")
+        tpl = self.id_template(d.get("id"), files, sweep)
+        return TokenConfig(
+            path=self.path, tokenset=tokenset, type=ttype, id_template=tpl, priority=priority,
+            max_attempts=max_attempts, retry=retry, timeout=timeout, expected_duration=expected,
+            command=command, sandbox=sandbox, outputs=outputs, needs_staging=needs_staging,
+            payload=payload, files=files, sweep=sweep, after=after, inputs=inputs, task=task)
+
+    # -- sections, in the order build() checks them ---------------------------------------------
+    def token_type(self, d: Mapping[str, Any]) -> str:
         if "type" not in d:
             raise self.fail("missing required key 'type' (the token type pilots claim)")
         ttype = d["type"]
         if not isinstance(ttype, str) or not _TYPE_RE.match(ttype):
             raise self.fail(f"type must be a word of letters, digits, '_', '.', '-', not {ttype!r}",
                             "type")
-        tokenset = d.get("tokenset", default_name or ttype)
-        if not isinstance(tokenset, str) or not tokenset:
-            raise self.fail(f"tokenset must be a non-empty string, not {tokenset!r}", "tokenset")
+        return ttype
 
-        command = d.get("command")
+    def config_command(self, command: Any) -> List[str]:
         if command is None:
             raise self.fail("missing required key 'command' (the payload's argument list, "
                             "e.g. ['python3', 'run.py'])")
-        if isinstance(command, str):
-            raise self.fail("command must be an argument list like ['python3', 'run.py'], not a "
-                            "string: lrt never runs commands through a shell", "command")
-        if (not isinstance(command, list) or not command
-                or not all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in command)):
-            raise self.fail(f"command must be a non-empty list of strings, not {command!r}", "command")
-        command = [str(a) for a in command]
-        if not command[0]:
+        words = self.command(command, numbers=True)
+        if not words[0]:
             raise self.fail("command[0] (the program) is empty", "command")
+        return words
 
-        priority = self.number(d.get("priority", 0), ("priority",), minimum=-10**9,
-                               allow_none=False, integer=True)
-        max_attempts = self.number(d.get("max_attempts", DEFAULT_MAX_ATTEMPTS), ("max_attempts",), minimum=1,
-                                   allow_none=False, integer=True)
-        retry_in = d.get("retry") or {}
+    def retry(self, retry_in: Any) -> Dict[str, Any]:
+        retry_in = retry_in or {}
         if not isinstance(retry_in, dict):
             raise self.fail("retry must be a mapping {backoff: seconds, payload_errors: bool}", "retry")
         self.unknown(retry_in, RETRY_KEYS, "retry")
         backoff = self.number(retry_in.get("backoff", DEFAULT_BACKOFF), ("retry", "backoff"), allow_none=False)
-        pe = retry_in.get("payload_errors", False)
-        if not isinstance(pe, bool):
-            raise self.fail(f"retry.payload_errors must be true or false, not {pe!r}",
-                            "retry", "payload_errors")
-        timeout = self.number(d.get("timeout"), ("timeout",), minimum=0)
-        expected = self.number(d.get("expected_duration"), ("expected_duration",), minimum=0)
-        needs_staging = d.get("needs_staging", False)
-        if not isinstance(needs_staging, bool):
-            raise self.fail(f"needs_staging must be true or false, not {needs_staging!r}",
-                            "needs_staging")
+        pe = self.boolean(retry_in.get("payload_errors", False), "retry", "payload_errors")
+        return {"backoff": backoff, "payload_errors": pe}
 
-        sandbox = d.get("sandbox")
-        if sandbox is not None:
-            if not isinstance(sandbox, dict):
-                raise self.fail("sandbox must be a mapping {sha256: ..., url: ...} or null", "sandbox")
-            self.unknown(sandbox, SANDBOX_KEYS, "sandbox")
-            if "path" in sandbox:
-                # a folder: `lrt create` builds it reproducibly and uploads it once,
-                # then every token names it by its sha256 (docs/sandbox.md)
-                folder = sandbox.get("path")
-                if set(sandbox) != {"path"} or not isinstance(folder, str):
-                    raise self.fail("sandbox.path names a folder and stands alone "
-                                    "(no sha256 or url beside it)", "sandbox", "path")
-                where = (base / folder).resolve()
-                if not where.is_dir():
-                    raise self.fail(f"sandbox folder {where} does not exist", "sandbox", "path")
-                sandbox = {"path": str(where)}
-            else:
-                sha = sandbox.get("sha256")
-                if not isinstance(sha, str) or not _SHA_RE.match(sha):
-                    raise self.fail("sandbox.sha256 must be 64 lowercase hex digits", "sandbox", "sha256")
-                url = sandbox.get("url")
-                if url is not None and not isinstance(url, str):
-                    raise self.fail("sandbox.url must be a string", "sandbox", "url")
-                sandbox = {"sha256": sha, **({"url": url} if url else {})}
+    def sandbox(self, sandbox: Any, base: Path) -> Optional[Dict[str, Any]]:
+        if sandbox is None:
+            return None
+        if not isinstance(sandbox, dict):
+            raise self.fail("sandbox must be a mapping {sha256: ..., url: ...} or null", "sandbox")
+        self.unknown(sandbox, SANDBOX_KEYS, "sandbox")
+        if "path" in sandbox:
+            # a folder: `lrt create` builds it reproducibly and uploads it once,
+            # then every token names it by its sha256 (docs/sandbox.md)
+            folder = sandbox.get("path")
+            if set(sandbox) != {"path"} or not isinstance(folder, str):
+                raise self.fail("sandbox.path names a folder and stands alone "
+                                "(no sha256 or url beside it)", "sandbox", "path")
+            return {"path": str(self.folder(folder, base, "sandbox", "path"))}
+        sha = sandbox.get("sha256")
+        if not isinstance(sha, str) or not _SHA_RE.match(sha):
+            raise self.fail("sandbox.sha256 must be 64 lowercase hex digits", "sandbox", "sha256")
+        url = sandbox.get("url")
+        if url is not None and not isinstance(url, str):
+            raise self.fail("sandbox.url must be a string", "sandbox", "url")
+        return {"sha256": sha, **({"url": url} if url else {})}
 
-        outputs = d.get("outputs")
-        if outputs is not None:
-            if not isinstance(outputs, dict):
-                raise self.fail("outputs must be a mapping {dest: url-prefix, globs: [...]} or null",
-                                "outputs")
-            self.unknown(outputs, OUTPUTS_KEYS, "outputs")
-            dest = outputs.get("dest")
-            if not isinstance(dest, str) or not dest:
-                raise self.fail("outputs.dest must be a URL prefix string", "outputs", "dest")
-            globs = outputs.get("globs", ["*"])
-            if not isinstance(globs, list) or not globs or not all(isinstance(g, str) and g for g in globs):
-                raise self.fail("outputs.globs must be a non-empty list of patterns",
-                                "outputs", "globs")
-            outputs = {"dest": dest, "globs": list(globs)}
+    def outputs(self, outputs: Any) -> Optional[Dict[str, Any]]:
+        if outputs is None:
+            return None
+        if not isinstance(outputs, dict):
+            raise self.fail("outputs must be a mapping {dest: url-prefix, globs: [...]} or null",
+                            "outputs")
+        self.unknown(outputs, OUTPUTS_KEYS, "outputs")
+        dest = outputs.get("dest")
+        if not isinstance(dest, str) or not dest:
+            raise self.fail("outputs.dest must be a URL prefix string", "outputs", "dest")
+        globs = outputs.get("globs", ["*"])
+        if not isinstance(globs, list) or not globs or not all(isinstance(g, str) and g for g in globs):
+            raise self.fail("outputs.globs must be a non-empty list of patterns",
+                            "outputs", "globs")
+        return {"dest": dest, "globs": list(globs)}
 
-        files = self.files(d.get("files"), base, files_override)
-        reserved = set(COMMON_VARS)
-        if files is not None:
-            reserved |= set(SUBBAND_VARS if files.group_by == "subband" else LINES_VARS)
-
-        payload = d.get("payload") or {}
+    def payload(self, payload: Any, reserved: Set[str]) -> Dict[str, Any]:
+        payload = payload or {}
         if not isinstance(payload, dict):
             raise self.fail("payload must be a mapping of parameter names to values", "payload")
         for k, val in payload.items():
             self.name(k, reserved, "payload")
             self.json_value(val, "payload", str(k))
+        return dict(payload)
 
-        sweep_in = d.get("sweep") or {}
+    def sweep(self, sweep_in: Any, reserved: Set[str], payload: Mapping[str, Any]) -> Dict[str, Sequence[Any]]:
+        sweep_in = sweep_in or {}
         if not isinstance(sweep_in, dict):
             raise self.fail("sweep must be a mapping {name: [values...]}", "sweep")
         sweep: Dict[str, Sequence[Any]] = {}
@@ -603,14 +514,9 @@ class _Validator:
             if k in payload:
                 raise self.fail(f"sweep parameter {k!r} is also a payload key", "sweep", str(k))
             sweep[k] = self.values(k, val)
+        return sweep
 
-        from .deps.spec import parse_after, parse_inputs
-
-        after = parse_after(d.get("after"), self.fail)
-        inputs = parse_inputs(d.get("inputs"), self.fail)
-        if inputs is not None and after is None:
-            raise self.fail("inputs.from_parent needs an 'after' (the parents)", "inputs")
-        tpl = d.get("id")
+    def id_template(self, tpl: Any, files: Optional[FilesSpec], sweep: Mapping[str, Any]) -> str:
         if tpl is None:
             parts = ["{type}"]
             if files is not None:
@@ -620,12 +526,7 @@ class _Validator:
             tpl = "_".join(parts)
         if not isinstance(tpl, str) or not tpl:
             raise self.fail(f"id must be a template string, not {tpl!r}", "id")
-        return TokenConfig(
-            path=self.path, tokenset=tokenset, type=ttype, id_template=tpl, priority=priority,
-            max_attempts=max_attempts, retry={"backoff": backoff, "payload_errors": pe},
-            timeout=timeout, expected_duration=expected, command=command, sandbox=sandbox,
-            outputs=outputs, needs_staging=needs_staging, payload=dict(payload), files=files,
-            sweep=sweep, after=after, inputs=inputs, task=task)
+        return tpl
 
     def task(self, name: Any, base: Path) -> Any:
         """The task a config names: from ``$LRT_TASKS``, else ``tasks/`` beside the config."""
@@ -642,7 +543,7 @@ class _Validator:
         except TaskNotFound as exc:
             raise self.fail(str(exc), "task") from None
 
-    def name(self, k: Any, reserved: set, section: str) -> None:
+    def name(self, k: Any, reserved: Set[str], section: str) -> None:
         if not isinstance(k, str) or not _NAME_RE.match(k):
             raise self.fail(f"{section} name {k!r} must be an identifier (letters, digits, '_'; "
                             "it becomes the environment variable LRT_P_<NAME>)", section, str(k))
@@ -708,8 +609,6 @@ class _Validator:
             if group != "subband":
                 raise self.fail("files.subbands needs group_by: subband", "files", "subbands")
             first, last = sbs
-        one = f.get("one_observation", False)
-        if not isinstance(one, bool):
-            raise self.fail("files.one_observation must be true or false", "files", "one_observation")
+        one = self.boolean(f.get("one_observation", False), "files", "one_observation", show=False)
         return FilesSpec(list=lst, per_token=per, group_by=group, first=first, last=last,
                          one_observation=one)

@@ -39,7 +39,7 @@ import threading
 import time
 import urllib.parse
 from email.utils import parsedate_to_datetime
-from typing import IO, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -256,6 +256,7 @@ class _FastTransport:
         try:
             if conn.sock is None:
                 conn.connect()
+                assert conn.sock is not None  # connect() made it
                 conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn.sock.settimeout(timeout[1])
             conn.request(method, self.base_path + path, body=body, headers=headers)
@@ -379,7 +380,8 @@ class Server:
         """
         basic = self._basic
         adapter = self.session.get_adapter(self.url)
-        twin = Server(self.url, self.user, basic.password if basic else None, verify=self.session.verify,
+        twin = Server(self.url, self.user, cast(Optional[str], basic.password) if basic else None,
+                      verify=cast(Union[bool, str], self.session.verify),
                       timeout=self.timeout, retries=self.retries, backoff=self.backoff,
                       max_backoff=self.max_backoff, cookie_auth=self.auth_mode != "basic",
                       fail_fast=self.fail_fast and not self._answered,
@@ -433,6 +435,7 @@ class Server:
             self.requests_sent += 1
             if attempt > 1:
                 self.replays += 1
+            resp: Any   # a _Response (fast path) or a requests.Response
             try:
                 if fast:
                     resp = self._fast.send(method, target, body, self._fast_headers(hdrs),
@@ -479,7 +482,7 @@ class Server:
     def _fast_headers(self, extra: Mapping[str, str]) -> Dict[str, str]:
         """The headers the ``requests`` session would send: its own, its credentials
         (basic auth, or the ``AuthSession`` cookie from its jar), then ``extra``."""
-        h = dict(self.session.headers)
+        h = cast(Dict[str, str], dict(self.session.headers))
         h.pop("Accept-Encoding", None)  # http.client asks for identity: nothing to decompress
         h.pop("Connection", None)
         auth = self.session.auth
@@ -630,8 +633,9 @@ class Server:
         return cls(msg, status=status, error=error, reason=reason)
 
     # -- helpers --------------------------------------------------------------------
-    def json(self, method: str, path: str, **kw: Any) -> Any:
-        return self.decode(self.request(method, path, **kw), method, path)
+    def json(self, method: str, path: str, **kw: Any) -> JSON:
+        """The JSON object CouchDB answers (every endpoint lrt uses but ``_all_dbs`` answers an object)."""
+        return cast(JSON, self.decode(self.request(method, path, **kw), method, path))
 
     @staticmethod
     def decode(resp: Any, method: str, path: str) -> Any:
@@ -691,7 +695,7 @@ class Server:
         return (self.decode(resp, "GET", "/_session") or {}).get("userCtx") or {}
 
     def all_dbs(self) -> List[str]:
-        return self.json("GET", "/_all_dbs")
+        return cast(List[str], self.decode(self.request("GET", "/_all_dbs"), "GET", "/_all_dbs"))
 
     def database(self, name: str) -> "Database":
         return Database(self, name)
@@ -703,7 +707,7 @@ class Server:
 # database
 
 
-class BulkResult(dict):
+class BulkResult(Dict[str, Any]):
     """Per-document results of ``_bulk_docs``, keyed by document id.
 
     CouchDB answers in request order but we never rely on it (the local stand-in
@@ -744,7 +748,8 @@ class Database:
     # -- database --------------------------------------------------------------------
     def exists(self) -> bool:
         resp = self.server.request("HEAD", self._path, ok=(404,))
-        return resp.status_code == 200
+        found: bool = resp.status_code == 200
+        return found
 
     def info(self) -> JSON:
         return self.server.json("GET", self._path)
@@ -870,12 +875,14 @@ class Database:
         if "_id" not in doc:
             raise ValueError("document has no _id")
         res = self.server.json("PUT", self._p(quote_id(doc["_id"])), json_body=doc, params=params)
-        doc["_rev"] = res["rev"]
-        return res["rev"]
+        rev: str = res["rev"]
+        doc["_rev"] = rev
+        return rev
 
     def delete_doc(self, doc_id: str, rev: str) -> str:
         res = self.server.json("DELETE", self._p(quote_id(doc_id)), params={"rev": rev})
-        return res["rev"]
+        new_rev: str = res["rev"]
+        return new_rev
 
     def bulk_docs(self, docs: Sequence[JSON], *, new_edits: bool = True) -> BulkResult:
         """One ``_bulk_docs`` request; per-document results matched by id.
@@ -884,7 +891,7 @@ class Database:
         results we could not tell apart).  ``status`` of the result is the HTTP
         status: 202 on a cluster means some write did not reach its quorum.
         """
-        ids = [d.get("_id") for d in docs]
+        ids: List[Optional[str]] = [d.get("_id") for d in docs]
         if any(i is None for i in ids):
             raise ValueError("every document in a bulk write needs an _id")
         if len(set(ids)) != len(ids):
@@ -901,7 +908,7 @@ class Database:
             if isinstance(row, dict) and "id" in row:
                 out[row["id"]] = row
         if new_edits:
-            missing = set(ids) - set(out)
+            missing = {i for i in ids if i is not None} - set(out)
             for i in missing:  # a result the server did not report is not a success
                 out[i] = {"id": i, "error": "unknown", "reason": "no result returned"}
         return out
@@ -1024,7 +1031,8 @@ class Database:
         path = self._p(quote_id(doc_id), urllib.parse.quote(name, safe=""))
         res = self.server.request("PUT", path, params={"rev": rev}, data=data,
                                   headers={"Content-Type": content_type}).json()
-        return res["rev"]
+        new_rev: str = res["rev"]
+        return new_rev
 
     def open_attachment(self, doc_id: str, name: str,
                         chunk_size: int = 1 << 16) -> Tuple[str, Optional[int], Iterator[bytes]]:
@@ -1055,7 +1063,8 @@ class Database:
                                    headers={"Accept": "*/*"})
         try:
             if dest is None:
-                return resp.content
+                content: bytes = resp.content
+                return content
             for chunk in resp.iter_content(chunk_size):
                 dest.write(chunk)
             return None

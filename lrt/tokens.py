@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import states
 from .config import Item, TokenConfig
@@ -294,7 +294,7 @@ def _redefine(old: Dict[str, Any], new: Dict[str, Any], fields: Sequence[str], n
     return doc
 
 
-def _compare(db: Database, stored: Dict[str, Dict[str, Any]], mine: Dict[str, Dict[str, Any]],
+def _compare(db: Database, stored: Dict[str, Dict[str, Any]], mine: Mapping[str, Dict[str, Any]],
              res: CreateResult, lock: threading.Lock, update: bool) -> None:
     """Count (and with ``update`` rewrite) the existing tokens whose definition differs."""
     now = time.time()
@@ -337,7 +337,7 @@ class _Writers:
     """
 
     def __init__(self, db: Database, n: int, write: Callable[[Database, List[Token]], None]):
-        self._todo: "queue.Queue[Optional[List[Token]]]" = queue.Queue(maxsize=1)
+        self._todo: "queue.Queue[List[Token]]" = queue.Queue(maxsize=1)
         self._done: "queue.Queue[Tuple[int, Optional[BaseException]]]" = queue.Queue()
         self._write = write
         self._errors: List[BaseException] = []
@@ -716,7 +716,7 @@ class TokenList:
 
     def _ranges(self) -> List[Tuple[list, list]]:
         sts = [self.state] if self.state is not None else list(State)
-        out = []
+        out: List[Tuple[list, list]] = []
         for s in sts:
             if self.type is None:
                 out.append(([s.value], [s.value, {}]))

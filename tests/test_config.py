@@ -7,7 +7,7 @@ import pytest
 
 from lrt.config import TokenConfig, _product
 from lrt.errors import ConfigError
-from lrt.staging.srmlist import SrmList, SrmListError, parse_link
+from lrt.filelist import SrmList, SrmListError, parse_link
 
 ROOT = Path(__file__).resolve().parent.parent
 LTA = ("srm://srm.grid.sara.nl:8443/pnfs/grid.sara.nl/data/lofar/ops/projects/lc0_012/"

@@ -546,3 +546,23 @@ def test_parse_sacct():
     assert (got["1"]["end"], got["1"]["exit"]) == ("failed", 2)
     assert (got["2"]["state"], got["2"].get("signal")) == ("CANCELLED", 15)
     assert got["3"]["end"] == "failed"
+
+
+def test_every_backend_is_a_launcher_under_its_own_name():
+    """The registry is what the CLI and launch_summary dispatch on: a backend missing from it,
+    or registered under another name, would be a system `lrt launch` cannot reach."""
+    from lrt.launchers import BACKENDS, Launcher, LaunchOptions, launcher
+
+    assert sorted(BACKENDS) == ["htcondor", "jdl", "local", "slurm"]
+    for name in BACKENDS:
+        backend = launcher(name)
+        assert isinstance(backend, Launcher)
+        assert backend.system == name
+    assert launcher("local").remote is False
+    with pytest.raises(ConfigError, match="no launcher for 'pbs'"):
+        launcher("pbs")
+    # the shared options are one dataclass every backend's options extend
+    from lrt.launchers import htcondor, jdl, local, slurm
+
+    for opts in (slurm.SlurmOptions, htcondor.CondorOptions, jdl.JdlOptions, local.LocalOptions):
+        assert issubclass(opts, LaunchOptions)

@@ -89,3 +89,15 @@ def test_the_checks_can_fail(tmp_path):
     g = LRT / "pilot" / "pilot.py"
     assert any(_under(m, ("lrt.protocol",)) for m in _imports(g))  # the pilot uses the protocol
     assert _under("lrt.pilot.run", PROTOCOL_MUST_NOT) and not _under("lrt.pilots", PROTOCOL_MUST_NOT)
+
+
+def test_configs_and_tasks_validate_without_staging():
+    """Token configs and task definitions share lrt.validation and read file lists from
+    lrt.filelist: neither reaches into the staging package (gfal2, tape requests)."""
+    for rel in ("config.py", "validation.py", "filelist.py", "tasks/definition.py"):
+        # SrmList.convert (not used by configs) asks the site table, lazily
+        allowed = {"lrt.staging.sites"} if rel == "filelist.py" else set()
+        staging = [m for m in _imports(LRT / rel) if m.split(".")[:2] == ["lrt", "staging"]]
+        assert set(staging) <= allowed, rel
+    assert "lrt.validation" in list(_imports(LRT / "tasks" / "definition.py"))
+    assert "lrt.config" not in list(_imports(LRT / "tasks" / "definition.py"))

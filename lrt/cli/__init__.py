@@ -13,12 +13,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Any, Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, cast
 
 from .. import __version__
 from ..errors import LrtError
 
-#: subcommand modules, in help order; a module that is missing is skipped
+if TYPE_CHECKING:
+    from ..couch import Database
+    from ..settings import Settings
+
+#: subcommand modules, in help order (all ship with the package: a failing import is a bug, not skipped)
 MODULES = ("server", "tokens", "pilot", "sandbox", "stage", "launch", "why", "monitor", "dashboard",
            "task", "uws")
 
@@ -28,11 +32,11 @@ class Context:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self._settings: Any = None
-        self._db: Any = None
+        self._settings: Optional["Settings"] = None
+        self._db: Optional["Database"] = None
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> "Settings":
         if self._settings is None:
             from ..settings import resolve
 
@@ -42,7 +46,7 @@ class Context:
         return self._settings
 
     @property
-    def db(self) -> Any:
+    def db(self) -> "Database":
         if self._db is None:
             self._db = self.settings.database(fail_fast=True)
         return self._db
@@ -132,13 +136,7 @@ def build_parser(argv: Optional[Sequence[str]] = None) -> argparse.ArgumentParse
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     target = sub if wanted is None else _OnlyCommand(sub, wanted)
     for name in MODULES:
-        try:
-            mod = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":
-                continue
-            raise
-        mod.register(target)
+        importlib.import_module(f"{__name__}.{name}").register(target)
     if wanted and wanted not in sub.choices:
         return build_parser()  # not a command: the full parser's error lists them all
     return p
@@ -204,18 +202,18 @@ class _LeanRequests:
     @classmethod
     def install(cls) -> None:
         if "requests" not in sys.modules and cls not in sys.meta_path:
-            sys.meta_path.insert(0, cls)  # type: ignore[arg-type]
+            sys.meta_path.insert(0, cls)
 
     @classmethod
     def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
         if name != "requests":
             return None
-        sys.meta_path.remove(cls)  # type: ignore[arg-type]
+        sys.meta_path.remove(cls)
         from importlib.machinery import PathFinder
 
         spec = PathFinder.find_spec(name, path)
         if spec is not None and spec.loader is not None:
-            spec.loader = cls(spec.loader)  # the real spec; its loader runs under the block
+            spec.loader = cast(Any, cls(spec.loader))  # the real spec; its loader runs under the block
         return spec
 
     def create_module(self, spec: Any) -> Any:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import LrtError
+
+if TYPE_CHECKING:
+    from ..couch import Database
 
 
 class DashboardError(LrtError):
@@ -47,12 +50,13 @@ def cmd_dashboard(ctx) -> int:
                              "(it has no login of its own); reach it with `ssh -L 8742:127.0.0.1:8742 host`")
     if a.refresh <= 0:
         raise DashboardError("--refresh must be positive")
-    try:
-        import uvicorn  # noqa: F401 - present? (served by serve_app)
-
-        from ..web.app import WebContext, create_app
+    try:  # the web extra; lrt.web itself always ships, so its imports stay outside the guard
+        import jinja2  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401 - served by serve_app
     except ImportError as exc:
         raise DashboardError(f"the dashboard needs the web extra: pip install 'lrt[web]' ({exc.name} missing)")
+    from ..web.app import WebContext, create_app
     db = ctx.db
     if not db.exists():
         raise LrtError(f"database {db.name} does not exist on {db.server.url}")
@@ -66,7 +70,7 @@ def cmd_dashboard(ctx) -> int:
     return serve_app(app, a, "lrt dashboard")
 
 
-def warn_outdated(db: Any, ddocs: Sequence[str], prog: str) -> None:
+def warn_outdated(db: "Database", ddocs: Sequence[str], prog: str) -> None:
     """A warning on stderr for each design document the pages need that is missing or outdated."""
     from .. import design
 

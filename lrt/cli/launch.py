@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shlex
 import sys
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..launchers import Connection
 
 
 class _PilotArgsParser(argparse.ArgumentParser):
@@ -44,7 +46,7 @@ def _warn(text: str) -> None:
     print(f"lrt: warning: {text}", file=sys.stderr, flush=True)
 
 
-def _check_reachable(conn: Any) -> None:
+def _check_reachable(conn: "Connection") -> None:
     """Warn when pilots on other machines would be sent to a loopback URL (not for local launches)."""
     from ..launchers import loopback_warning
 
@@ -59,8 +61,8 @@ def _env_option(p: argparse.ArgumentParser) -> None:
                         "they get only PATH, HOME, locale, LRT_HOME and the connection (docs/launch.md)")
 
 
-def _common(p: argparse.ArgumentParser, pilots_required: bool = True) -> None:
-    p.add_argument("--pilots", type=int, default=None if pilots_required else 1, required=False,
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pilots", type=int, default=None,
                    help="number of pilots (array elements / jobs / processes)")
     p.add_argument("--type", dest="token_type", help="token type the pilots claim (lrt pilot --type)")
     p.add_argument("--pilot-args", metavar="ARGS",
@@ -137,8 +139,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     li.set_defaults(func=cmd_list)
 
 
-def _pilots(ctx, default: Any = None) -> int:
-    n = ctx.args.pilots if ctx.args.pilots is not None else default
+def _pilots(ctx: Any) -> int:
+    n = ctx.args.pilots
     if n is None:
         raise ConfigError("--pilots N is required")
     if n < 1:
@@ -146,13 +148,34 @@ def _pilots(ctx, default: Any = None) -> int:
     return int(n)
 
 
-def _conn(ctx):
+def _conn(ctx: Any) -> "Connection":
     from ..launchers import connection
 
     return connection(ctx.settings)
 
 
-def cmd_slurm(ctx) -> int:
+def _launch(ctx: Any, system: str, opts: Any) -> int:
+    """What every ``lrt launch SYSTEM`` does once its options are parsed: check, then dry-run or launch."""
+    from ..launchers import launcher
+
+    backend = launcher(system)
+    check_pilot_args(opts.token_type, opts.pilot_args)
+    conn = _conn(ctx)
+    if backend.remote:
+        _check_reachable(conn)
+    if getattr(ctx.args, "dry_run", False):
+        ctx.out(backend.dry_run(conn, opts))
+        return 0
+    done = backend.launch(ctx.db, conn, opts)
+    ctx.out(done.message)
+    warning = backend.started(done)
+    if warning:
+        _warn(warning)
+        return 1
+    return 0
+
+
+def cmd_slurm(ctx: Any) -> int:
     from ..launchers import slurm
 
     a = ctx.args
@@ -167,29 +190,17 @@ def cmd_slurm(ctx) -> int:
         pilot_args=a.pilot_args, sbatch_args=a.sbatch_args, credentials=a.credentials,
         password_file=a.password_file, base_dir=a.base_dir, lrt=a.lrt, job_name=a.job_name,
         env=a.env_names)
+    if not a.auto:
+        return _launch(ctx, "slurm", opts)
     check_pilot_args(a.token_type, a.pilot_args)
     conn = _conn(ctx)
     _check_reachable(conn)
-    if a.dry_run:
-        r = slurm.render_script(conn, opts, write=False)
-        folder = "<launch folder>"
-        from pathlib import Path
-
-        # quoted like the script: pasted into a shell, the line runs this sbatch and nothing else
-        ctx.out("# " + shlex.join(slurm.sbatch_argv(r, Path(folder))))
-        ctx.out(r.script)
-        return 0
-    if a.auto:
-        slurm.run_elastic(ctx.db, conn, opts, max_pilots=a.max_pilots, tokens_per_pilot=a.tokens_per_pilot,
-                          interval=a.interval, max_rounds=a.max_rounds, out=ctx.out)
-        return 0
-    doc = slurm.submit(ctx.db, conn, opts)
-    ctx.out(f"submitted {opts.pilots} pilot(s) as Slurm job {doc['batch_id']} "
-            f"(launch {doc['launch_id']}, logs in {doc['dir']})")
+    slurm.run_elastic(ctx.db, conn, opts, max_pilots=a.max_pilots, tokens_per_pilot=a.tokens_per_pilot,
+                      interval=a.interval, max_rounds=a.max_rounds, out=ctx.out)
     return 0
 
 
-def cmd_htcondor(ctx) -> int:
+def cmd_htcondor(ctx: Any) -> int:
     from ..launchers import htcondor
 
     a = ctx.args
@@ -197,23 +208,10 @@ def cmd_htcondor(ctx) -> int:
                                   template=a.template, wrapper_template=a.wrapper_template,
                                   pilot_args=a.pilot_args, extra=a.extra, password_file=a.password_file,
                                   base_dir=a.base_dir, lrt=a.lrt)
-    check_pilot_args(a.token_type, a.pilot_args)
-    conn = _conn(ctx)
-    _check_reachable(conn)
-    if a.dry_run:
-        from pathlib import Path
-
-        files = htcondor.render_files(conn, opts, Path("<launch folder>"), "<launch id>", write=False)
-        ctx.out("# ---- pilot.sub\n" + files["sub"] + "# ---- pilot.sh\n" + files["wrapper"])
-        return 0
-    doc = htcondor.launch(ctx.db, conn, opts, out=ctx.out)
-    if doc is not None:
-        ctx.out(f"submitted {opts.pilots} pilot(s) as HTCondor cluster {doc['batch_id']} "
-                f"(launch {doc['launch_id']}, logs in {doc['dir']})")
-    return 0
+    return _launch(ctx, "htcondor", opts)
 
 
-def cmd_jdl(ctx) -> int:
+def cmd_jdl(ctx: Any) -> int:
     from ..batch import parse_duration
     from ..launchers import jdl
 
@@ -227,35 +225,16 @@ def cmd_jdl(ctx) -> int:
     opts = jdl.JdlOptions(pilots=_pilots(ctx), token_type=a.token_type, template=a.template,
                           wrapper_template=a.wrapper_template, pilot_args=a.pilot_args, cpu_time=cpu_time,
                           extra=a.extra, password_file=a.password_file, base_dir=a.base_dir, lrt=a.lrt)
-    check_pilot_args(a.token_type, a.pilot_args)
-    conn = _conn(ctx)
-    _check_reachable(conn)
-    if a.dry_run:
-        files = jdl.render_files(conn, opts, "<launch id>", write=False)
-        ctx.out("# ---- pilot.jdl\n" + files["jdl"] + "# ---- pilot.sh\n" + files["wrapper"])
-        return 0
-    jdl.write(conn, opts, out=ctx.out)
-    return 0
+    return _launch(ctx, "jdl", opts)
 
 
-def cmd_local(ctx) -> int:
+def cmd_local(ctx: Any) -> int:
     from ..launchers import local
 
     a = ctx.args
-    n = _pilots(ctx)
-    check_pilot_args(a.token_type, a.pilot_args)
-    doc = local.launch(ctx.db, _conn(ctx), n, a.token_type, a.pilot_args, base_dir=a.base_dir,
-                       lrt=a.lrt, env_names=a.env_names)
-    ctx.out(f"started {doc['count']} local pilot(s): pids {' '.join(map(str, doc['pids']))} "
-            f"(launch {doc['launch_id']}, logs in {doc['dir']})")
-    failed = local.early_failures(doc)
-    if failed:
-        first = failed[0]
-        _warn(f"{len(failed)} of {doc['count']} local pilot(s) failed at once (exit "
-              f"{', '.join(sorted({str(f['exit'] if f['exit'] is not None else 'SIG' + str(f['signal'])) for f in failed}))}); "
-              f"{first['log']} ends with: {first['tail'] or '(nothing)'}")
-        return 1
-    return 0
+    opts = local.LocalOptions(pilots=_pilots(ctx), token_type=a.token_type, pilot_args=a.pilot_args,
+                              base_dir=a.base_dir, lrt=a.lrt, env=a.env_names)
+    return _launch(ctx, "local", opts)
 
 
 def format_launches(rows: List[dict], color: bool = False) -> List[str]:

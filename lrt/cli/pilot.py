@@ -15,23 +15,12 @@ from ..errors import ConfigError, LrtError
 
 def _duration(text: str) -> float:
     """Seconds from ``HH:MM:SS``, ``D-HH:MM:SS``, ``MM:SS`` or plain seconds."""
-    try:
-        from ..batch import parse_duration
+    from ..batch import parse_duration
 
+    try:
         return float(parse_duration(text))
-    except ImportError:  # pragma: no cover - batch.py missing
-        pass
     except (ValueError, TypeError) as exc:
         raise argparse.ArgumentTypeError(str(exc))
-    parts = text.split(":")
-    try:
-        vals = [float(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (want HH:MM:SS or seconds)")
-    secs = 0.0
-    for v in vals:
-        secs = secs * 60 + v
-    return secs
 
 
 def _positive(text: str) -> float:
@@ -163,10 +152,8 @@ def cmd_run_local(ctx: Any) -> int:
     except AuthError:
         pass  # not a database admin: the design documents must already be there
     if a.config:
-        try:
-            from ..tokens import TokenSet
-        except ImportError:
-            raise LrtError("token configs need lrt.tokens, which is not installed") from None
+        from ..tokens import TokenSet
+
         res = TokenSet.from_config(a.config).create(db)
         ctx.out(f"tokens from {a.config}: {res.created} created, {res.present} already there, "
                 f"{res.failed} failed")

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
 from ..errors import ConfigError, LrtError
+
+if TYPE_CHECKING:
+    from ..couch import Database
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _read_list(path: str) -> List[str]:
-    from ..staging.srmlist import SrmList, SrmListError
+    from ..filelist import SrmList, SrmListError
 
     try:
         return SrmList.from_file(path).urls
@@ -100,7 +103,7 @@ def _urls(ctx: Any) -> List[str]:
     return list(dict.fromkeys(urls))
 
 
-def _type_inputs(db: Any, token_type: str) -> List[str]:
+def _type_inputs(db: "Database", token_type: str) -> List[str]:
     from ..design import MONITOR_DDOC
     from ..staging.dispatch import input_urls
     from ..states import State

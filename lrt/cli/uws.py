@@ -41,13 +41,14 @@ def cmd_serve(ctx) -> int:
     if not _loopback(a.bind):
         raise ServeError(f"--bind {a.bind}: lrt serve listens on loopback addresses only; "
                          "reach it through ssh -L or a TLS reverse proxy")
-    try:
-        import uvicorn  # noqa: F401 - present? (served by serve_app)
-
-        from ..web.app import WebContext, create_app
-        from ..web.uws import make_routes
+    try:  # the web extra; lrt.web itself always ships, so its imports stay outside the guard
+        import jinja2  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401 - served by serve_app
     except ImportError as exc:
         raise ServeError(f"lrt serve needs the web extra: pip install 'lrt[web]' ({exc.name} missing)")
+    from ..web.app import WebContext, create_app
+    from ..web.uws import make_routes
     from ..tasks import TaskRegistry
 
     db = ctx.db
@@ -76,9 +77,10 @@ def cmd_serve(ctx) -> int:
 
 def cmd_provenance(ctx) -> int:
     try:
-        from ..provenance import serialize, set_document, token_document
+        import prov  # noqa: F401 - the prov extra
     except ImportError as exc:
         raise ServeError(f"provenance needs the prov extra: pip install 'lrt[prov]' ({exc.name} missing)")
+    from ..provenance import serialize, set_document, token_document
     from ..tokens import Token
 
     a = ctx.args

@@ -51,10 +51,10 @@ def cmd_why(ctx: Any) -> int:
         head = "nothing holds it" if w.primary in (why.Reason.DONE,) else (
             "running" if w.primary == why.Reason.CLAIMED else "held back by")
         ctx.out(f"{w.id} ({w.state}, type {w.type}): {head}")
-        for h in w.holds:
-            ctx.out(f"  {h.reason.value:<18} {h.message}")
-            if h.command:
-                ctx.out(f"  {'':<18} -> {h.command}")
+        for hold in w.holds:
+            ctx.out(f"  {hold.reason.value:<18} {hold.message}")
+            if hold.command:
+                ctx.out(f"  {'':<18} -> {hold.command}")
         if w.pilots is not None:
             ctx.out("  " + _pilots_line(w.pilots))
         return 0

@@ -37,10 +37,10 @@ def children_rows(db: Database, parents: Sequence[JSON]) -> List[JSON]:
     keys: List[List[str]] = []
     seen: Set[Tuple[str, str]] = set()
     for p in parents:
-        for k in (("id", p["_id"]), ("set", p.get("tokenset"))):
-            if k[1] and k not in seen:
-                seen.add(k)
-                keys.append(list(k))
+        for kind, value in (("id", p["_id"]), ("set", p.get("tokenset"))):
+            if value and (kind, value) not in seen:
+                seen.add((kind, value))
+                keys.append([kind, value])
     out: List[JSON] = []
     for i in range(0, len(keys), 500):
         try:

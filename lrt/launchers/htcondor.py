@@ -13,29 +13,30 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError, LrtError
-from . import (Connection, password_file_for, LaunchError, check_no_secret, find_template, launch_dir, new_launch_id,
-               pilot_walltime, record_launch, render, submit_env)
+from .base import LaunchError, LaunchOptions, Launched, Launcher, Observed
+from .command import pilot_walltime
+from .credentials import Connection, check_no_secret, password_file_for, submit_env
+from .records import launch_dir, new_launch_id, record_launch
+from .templates import find_template, render
 from .wrapper import plain, render_wrapper
+
+if TYPE_CHECKING:
+    from ..couch import Database
 
 TEMPLATE = "htcondor.sub.tmpl"
 
 
 @dataclass
-class CondorOptions:
-    pilots: int = 1
-    token_type: Optional[str] = None
+class CondorOptions(LaunchOptions):
+    """The shared options plus HTCondor's resource requests and raw submit lines."""
+
     cpus: int = 1
     mem: str = "2GB"
-    template: Optional[str] = None
     wrapper_template: Optional[str] = None
-    pilot_args: Optional[str] = None
     extra: List[str] = field(default_factory=list)   # raw submit-description lines
-    password_file: Optional[str] = None
-    base_dir: Optional[str] = None
-    lrt: Optional[str] = None
 
 
 def render_files(conn: Connection, opts: CondorOptions, folder: Path, launch_id: str,
@@ -79,7 +80,7 @@ def render_files(conn: Connection, opts: CondorOptions, folder: Path, launch_id:
             "password_path": w["password_path"], "pilot_argv": w["pilot_argv"]}
 
 
-def launch(db: Any, conn: Connection, opts: CondorOptions, out=print) -> Optional[Dict[str, Any]]:
+def launch(db: Optional["Database"], conn: Connection, opts: CondorOptions) -> Launched:
     """Write the files; submit and record when ``condor_submit`` exists, else say how."""
     if shutil.which("condor_submit") and db is not None:
         db.info()  # the record must be writable: find out before submitting
@@ -95,9 +96,9 @@ def launch(db: Any, conn: Connection, opts: CondorOptions, out=print) -> Optiona
     (folder / "pilot.sh").chmod(0o700)
     (folder / "pilot.sub").write_text(files["sub"])
     if shutil.which("condor_submit") is None or db is None:
-        out(f"wrote {folder}/pilot.sub and pilot.sh; condor_submit is not installed here, "
-            f"so nothing was submitted. On a submit host run: condor_submit {folder}/pilot.sub")
-        return None
+        return Launched(None, folder,
+                        f"wrote {folder}/pilot.sub and pilot.sh; condor_submit is not installed here, "
+                        f"so nothing was submitted. On a submit host run: condor_submit {folder}/pilot.sub")
     res = subprocess.run(["condor_submit", "-terse", str(folder / "pilot.sub")], cwd=str(folder),
                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
                          env=submit_env(conn, "file"), timeout=300, check=False)
@@ -106,13 +107,14 @@ def launch(db: Any, conn: Connection, opts: CondorOptions, out=print) -> Optiona
     m = re.match(r"\s*(\d+)\.", res.stdout)
     cluster = m.group(1) if m else None
     try:
-        return record_launch(db, launch_id, "htcondor", cluster, opts.pilots, opts.token_type,
-                             files["template_text"], dir=str(folder), template=str(files["template_path"]),
-                             credentials="file", walltime=pilot_walltime(None, files["pilot_argv"]),
-                             options={"cpus": opts.cpus, "mem": opts.mem,
-                                                          "pilot_args": opts.pilot_args})
+        doc = record_launch(db, launch_id, "htcondor", cluster, opts.pilots, opts.token_type,
+                            files["template_text"], dir=str(folder), template=str(files["template_path"]),
+                            credentials="file", walltime=pilot_walltime(None, files["pilot_argv"]),
+                            options={"cpus": opts.cpus, "mem": opts.mem, "pilot_args": opts.pilot_args})
     except LrtError as exc:
         raise LaunchError(f"submitted HTCondor cluster {cluster} but could not record the launch: {exc}") from None
+    return Launched(doc, folder, f"submitted {opts.pilots} pilot(s) as HTCondor cluster {doc['batch_id']} "
+                                 f"(launch {doc['launch_id']}, logs in {doc['dir']})")
 
 
 def queue_counts(cluster: str) -> Optional[Tuple[int, int]]:
@@ -133,3 +135,27 @@ def queue_counts(cluster: str) -> Optional[Tuple[int, int]]:
         elif line in ("2", "6"):  # running, transferring output
             running += 1
     return queued, running
+
+
+class CondorLauncher(Launcher[CondorOptions]):
+    """``lrt launch htcondor``: a submit description (submitted where ``condor_submit`` exists)."""
+
+    system = "htcondor"
+
+    def launch(self, db: "Database", conn: Connection, opts: CondorOptions) -> Launched:
+        return launch(db, conn, opts)
+
+    def dry_run(self, conn: Connection, opts: CondorOptions) -> str:
+        files = render_files(conn, opts, Path("<launch folder>"), "<launch id>", write=False)
+        return "# ---- pilot.sub\n" + files["sub"] + "# ---- pilot.sh\n" + files["wrapper"]
+
+    def observe(self, records: Sequence[Dict[str, Any]]) -> Dict[str, Observed]:
+        out: Dict[str, Observed] = {}
+        for d in records:
+            counts = queue_counts(str(d["batch_id"])) if d.get("batch_id") else None
+            if counts is not None:
+                out[d["_id"]] = Observed(*counts)
+        return out
+
+
+LAUNCHER = CondorLauncher()

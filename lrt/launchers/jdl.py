@@ -13,29 +13,29 @@ On grid worker nodes lrt is not at the submit host's path: the wrapper runs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..errors import ConfigError
-from . import Connection, password_file_for, check_no_secret, find_template, launch_dir, new_launch_id, render
+from .base import LaunchOptions, Launched, Launcher
+from .credentials import Connection, check_no_secret, password_file_for
+from .records import launch_dir, new_launch_id
+from .templates import find_template, render
 from .wrapper import plain, render_wrapper
+
+if TYPE_CHECKING:
+    from ..couch import Database
 
 TEMPLATE = "pilot.jdl.tmpl"
 DEFAULT_LRT = "lrt"
 
 
 @dataclass
-class JdlOptions:
-    pilots: int = 1
-    token_type: Optional[str] = None
-    template: Optional[str] = None
+class JdlOptions(LaunchOptions):
+    """The shared options plus DIRAC's CPU time and raw JDL attributes."""
+
     wrapper_template: Optional[str] = None
-    pilot_args: Optional[str] = None
     cpu_time: Optional[float] = None        # seconds; DIRAC's CPUTime
     extra: List[str] = field(default_factory=list)   # raw 'Name = value;' attributes
-    password_file: Optional[str] = None
-    base_dir: Optional[str] = None
-    lrt: Optional[str] = None
 
 
 def jdl_string(value: str) -> str:
@@ -73,14 +73,31 @@ def render_files(conn: Connection, opts: JdlOptions, launch_id: str, write: bool
     return {"jdl": jdl, "wrapper": w["text"], "template_path": tpl, "password_path": w["password_path"]}
 
 
-def write(conn: Connection, opts: JdlOptions, out=print) -> Path:
-    """Render, then write ``pilot.jdl`` + ``pilot.sh`` into a new launch folder."""
+def write(conn: Connection, opts: JdlOptions) -> Launched:
+    """Render, then write ``pilot.jdl`` + ``pilot.sh`` into a new launch folder (nothing is submitted)."""
     launch_id = new_launch_id("jdl")
     files = render_files(conn, opts, launch_id)
     folder = launch_dir(launch_id, opts.base_dir)
     (folder / "pilot.sh").write_text(files["wrapper"])
     (folder / "pilot.sh").chmod(0o700)
     (folder / "pilot.jdl").write_text(files["jdl"])
-    out(f"wrote {folder}/pilot.jdl and pilot.sh ({opts.pilots} parametric jobs)")
-    out(f"submit from {folder} with: dirac-wms-job-submit pilot.jdl   (or: glite-wms-job-submit -a pilot.jdl)")
-    return folder
+    return Launched(None, folder,
+                    f"wrote {folder}/pilot.jdl and pilot.sh ({opts.pilots} parametric jobs)\n"
+                    f"submit from {folder} with: dirac-wms-job-submit pilot.jdl   "
+                    f"(or: glite-wms-job-submit -a pilot.jdl)")
+
+
+class JdlLauncher(Launcher[JdlOptions]):
+    """``lrt launch jdl``: files for the grid tools to submit; lrt cannot see those pilots."""
+
+    system = "jdl"
+
+    def launch(self, db: "Database", conn: Connection, opts: JdlOptions) -> Launched:
+        return write(conn, opts)
+
+    def dry_run(self, conn: Connection, opts: JdlOptions) -> str:
+        files = render_files(conn, opts, "<launch id>", write=False)
+        return "# ---- pilot.jdl\n" + files["jdl"] + "# ---- pilot.sh\n" + files["wrapper"]
+
+
+LAUNCHER = JdlLauncher()

@@ -22,12 +22,26 @@ import shlex
 import subprocess
 import sys
 import time
+import socket
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
-from . import (Connection, PilotEnd, ended_entry, job_env, launch_dir, lrt_command, new_launch_id,
-               pilot_args, pilot_walltime, record_launch)
+from .base import LaunchOptions, Launched, Launcher, Observed
+from .command import lrt_command, pilot_args, pilot_walltime
+from .credentials import Connection, job_env
+from .records import PilotEnd, ended_entry, launch_dir, new_launch_id, record_launch
+
+if TYPE_CHECKING:
+    from ..couch import Database
+
+
+@dataclass
+class LocalOptions(LaunchOptions):
+    """The shared options plus more environment variable names for the pilots (``--env``)."""
+
+    env: List[str] = field(default_factory=list)
 
 #: ``python -c WRAPPER EXIT_FILE ARGV...``: run ARGV, pass TERM/INT/HUP/USR1/USR2 on, and
 #: write {"exit": code, "signal": n} to EXIT_FILE (atomically) when it ends
@@ -115,23 +129,21 @@ def process_states(record: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
     return running, ended
 
 
-def launch(db: Any, conn: Connection, pilots: int, token_type: Optional[str], extra_args: Optional[str],
-           base_dir: Optional[str] = None, lrt: Optional[str] = None,
-           env_names: Sequence[str] = ()) -> Dict[str, Any]:
+def launch(db: "Database", conn: Connection, opts: LocalOptions) -> Dict[str, Any]:
     """Start ``pilots`` detached pilot processes (each under :data:`WRAPPER`) and record them."""
+    pilots = opts.pilots
     if pilots < 1:
         raise ConfigError("--pilots must be at least 1")
     db.info()  # the record must be writable: find out before starting anything
-    pargv = pilot_args(token_type, extra_args)
-    argv_tail = ["pilot"] + pargv
-    cmd = lrt_command(lrt)
-    argv = shlex.split(cmd["lrt"]) + argv_tail
-    env = job_env(conn, "env", env_names)
+    pargv = pilot_args(opts.token_type, opts.pilot_args)
+    cmd = lrt_command(opts.lrt)
+    argv = shlex.split(cmd["lrt"]) + ["pilot"] + pargv
+    env = job_env(conn, "env", opts.env)
     launch_id = new_launch_id("local")
     env["LRT_LAUNCH_ID"] = launch_id
     if cmd["pythonpath"]:
         env["PYTHONPATH"] = cmd["pythonpath"] + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    folder = launch_dir(launch_id, base_dir)
+    folder = launch_dir(launch_id, opts.base_dir)
     procs: List[Dict[str, Any]] = []
     for i in range(pilots):
         exit_file = f"pilot-{i}.exit"
@@ -140,10 +152,10 @@ def launch(db: Any, conn: Connection, pilots: int, token_type: Optional[str], ex
             p = subprocess.Popen(wrapped, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  env=env, cwd=str(folder), start_new_session=True, close_fds=True)
         procs.append({"pid": p.pid, "start": _start_ticks(p.pid), "exit_file": exit_file})
-    return record_launch(db, launch_id, "local", None, pilots, token_type, " ".join(argv),
+    return record_launch(db, launch_id, "local", None, pilots, opts.token_type, " ".join(argv),
                          dir=str(folder), pids=[p["pid"] for p in procs], processes=procs,
                          argv=argv, walltime=pilot_walltime(None, pargv),
-                         options={"pilot_args": extra_args})
+                         options={"pilot_args": opts.pilot_args})
 
 
 def early_failures(record: Dict[str, Any], wait: float = 1.0) -> List[Dict[str, Any]]:
@@ -170,3 +182,39 @@ def early_failures(record: Dict[str, Any], wait: float = 1.0) -> List[Dict[str, 
         out.append({"index": int(k), "exit": e.get("exit"), "signal": e.get("signal"), "log": str(log),
                     "tail": lines[-1][:300] if lines else ""})
     return out
+
+
+class LocalLauncher(Launcher[LocalOptions]):
+    """``lrt launch local``: detached pilot processes on this host, seen through ``/proc`` and exit files."""
+
+    system = "local"
+    remote = False
+
+    def launch(self, db: "Database", conn: Connection, opts: LocalOptions) -> Launched:
+        doc = launch(db, conn, opts)
+        return Launched(doc, Path(doc["dir"]),
+                        f"started {doc['count']} local pilot(s): pids {' '.join(map(str, doc['pids']))} "
+                        f"(launch {doc['launch_id']}, logs in {doc['dir']})")
+
+    def observe(self, records: Sequence[Dict[str, Any]]) -> Dict[str, Observed]:
+        """Only launches made on this host: their processes are not visible from elsewhere."""
+        here = socket.gethostname()
+        out: Dict[str, Observed] = {}
+        for d in records:
+            if d.get("host") == here:
+                running, ended = process_states(d)
+                out[d["_id"]] = Observed(0, running, ended)
+        return out
+
+    def started(self, launched: Launched) -> Optional[str]:
+        doc = launched.record
+        failed = early_failures(doc) if doc else []
+        if not failed:
+            return None
+        first = failed[0]
+        codes = sorted({str(f["exit"] if f["exit"] is not None else "SIG" + str(f["signal"])) for f in failed})
+        return (f"{len(failed)} of {doc['count'] if doc else '?'} local pilot(s) failed at once (exit "
+                f"{', '.join(codes)}); {first['log']} ends with: {first['tail'] or '(nothing)'}")
+
+
+LAUNCHER = LocalLauncher()

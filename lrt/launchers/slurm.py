@@ -13,39 +13,41 @@ from __future__ import annotations
 
 import getpass
 import math
+import shlex
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from ..errors import ConfigError, LrtError
-from . import (Connection, LaunchError, PilotEnd, check_no_secret, common_variables, ended_entry,
-               find_template, job_env_names, launch_dir, launch_records, lrt_command, new_launch_id,
-               password_file_for, pilot_args, pilot_walltime, q, record_launch, render, submit_env)
+from .base import LaunchError, LaunchOptions, Launched, Launcher, Observed
+from .command import lrt_command, pilot_args, pilot_walltime
+from .credentials import Connection, check_no_secret, job_env_names, password_file_for, submit_env
+from .records import (ACCOUNTING_EVERY, PilotEnd, ended_entry, launch_dir, launch_records, new_launch_id,
+                      record_launch)
+from .templates import common_variables, find_template, q, render
+
+if TYPE_CHECKING:
+    from ..couch import Database
 
 TEMPLATE = "slurm.sh.tmpl"
 SQUEUE_TIMEOUT = 30.0
 
 
 @dataclass
-class SlurmOptions:
-    pilots: int = 1
-    token_type: Optional[str] = None
+class SlurmOptions(LaunchOptions):
+    """The shared options plus the sbatch resources and how the password travels."""
+
     partition: Optional[str] = None
     time: Optional[str] = None
     cpus: Optional[int] = None
     mem: Optional[str] = None
     throttle: Optional[int] = None
     after: Optional[str] = None
-    template: Optional[str] = None
-    pilot_args: Optional[str] = None
     sbatch_args: List[str] = field(default_factory=list)
     credentials: str = "file"          # "file" | "env"
-    password_file: Optional[str] = None
-    base_dir: Optional[str] = None
-    lrt: Optional[str] = None
     job_name: Optional[str] = None
     env: List[str] = field(default_factory=list)   # more variable names for the job (--env)
 
@@ -134,7 +136,7 @@ def sbatch_argv(r: Rendered, folder: Path) -> List[str]:
             + r.sbatch_options + [str(folder / "pilot.sh")])
 
 
-def submit(db: Any, conn: Connection, opts: SlurmOptions, extra_record: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def submit(db: "Database", conn: Connection, opts: SlurmOptions, extra_record: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Render, write, ``sbatch``, record; returns the launch document."""
     if shutil.which("sbatch") is None:
         raise LaunchError("sbatch not found: is this a Slurm submit host? (--dry-run shows the script)")
@@ -291,7 +293,7 @@ def accounted_ends(batch_id: str) -> Optional[Dict[str, Any]]:
 # elastic launcher
 
 
-def claimable(db: Any, token_type: Optional[str]) -> int:
+def claimable(db: "Database", token_type: Optional[str]) -> int:
     """todo tokens of the type (all types when None), from the monitoring view's _count."""
     if token_type is None:
         start, end = ["todo"], ["todo", {}]
@@ -301,7 +303,7 @@ def claimable(db: Any, token_type: Optional[str]) -> int:
     return int(rows[0]["value"]) if rows else 0
 
 
-def active_pilots(db: Any, token_type: Optional[str]) -> Tuple[int, int]:
+def active_pilots(db: "Database", token_type: Optional[str]) -> Tuple[int, int]:
     """(queued, running) Slurm pilots of this type launched into this database."""
     states = queue_states()
     if states is None:
@@ -314,7 +316,7 @@ def active_pilots(db: Any, token_type: Optional[str]) -> Tuple[int, int]:
     return queued, running
 
 
-def run_elastic(db: Any, conn: Connection, opts: SlurmOptions, max_pilots: int, tokens_per_pilot: int = 10,
+def run_elastic(db: "Database", conn: Connection, opts: SlurmOptions, max_pilots: int, tokens_per_pilot: int = 10,
                 interval: float = 30.0, max_rounds: Optional[int] = None,
                 out: Callable[[str], None] = print, futile_limit: int = 3) -> int:
     """Keep ceil(todo / tokens_per_pilot) pilots (at most ``max_pilots``) queued or running.
@@ -361,3 +363,50 @@ def run_elastic(db: Any, conn: Connection, opts: SlurmOptions, max_pilots: int, 
             out(f"stopping after {rounds} rounds ({submitted} pilots submitted)")
             return submitted
         time.sleep(interval)
+
+
+# ---------------------------------------------------------------------------
+# the launcher
+
+
+class SlurmLauncher(Launcher[SlurmOptions]):
+    """``lrt launch slurm``: a job array through ``sbatch``; seen through ``squeue`` and ``sacct``."""
+
+    system = "slurm"
+
+    def launch(self, db: "Database", conn: Connection, opts: SlurmOptions) -> Launched:
+        doc = submit(db, conn, opts)
+        return Launched(doc, Path(doc["dir"]),
+                        f"submitted {opts.pilots} pilot(s) as Slurm job {doc['batch_id']} "
+                        f"(launch {doc['launch_id']}, logs in {doc['dir']})")
+
+    def dry_run(self, conn: Connection, opts: SlurmOptions) -> str:
+        r = render_script(conn, opts, write=False)
+        # quoted like the script: pasted into a shell, the line runs this sbatch and nothing else
+        return "# " + shlex.join(sbatch_argv(r, Path("<launch folder>"))) + "\n" + r.script
+
+    def observe(self, records: Sequence[Dict[str, Any]]) -> Dict[str, Observed]:
+        """One ``squeue`` for every user's open launches; ``sacct`` only for pilots it no longer knows."""
+        users = sorted({str(d.get("user") or getpass.getuser()) for d in records})
+        states = queue_states(",".join(users)) if users else None
+        out: Dict[str, Observed] = {}
+        if states is None:
+            return out
+        for d in records:
+            if not d.get("batch_id"):
+                continue
+            ended = d.get("ended") or {}
+            count = int(d.get("count") or 0)
+            queued, running, seen = element_states(states, str(d["batch_id"]))
+            accounted: Optional[float] = None
+            live = queued + running
+            if live + len(set(ended) | set(seen)) < count and \
+                    time.time() - float(d.get("accounted") or 0) > ACCOUNTING_EVERY:
+                seen.update(accounted_ends(str(d["batch_id"])) or {})
+                if live + len(set(ended) | set(seen)) < count:
+                    accounted = time.time()   # accounting does not know them either: ask less often
+            out[d["_id"]] = Observed(queued, running, seen, accounted)
+        return out
+
+
+LAUNCHER = SlurmLauncher()

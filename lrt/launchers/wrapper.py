@@ -7,18 +7,18 @@ wrapper itself only holds the URL, user and database name.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
-from . import (Connection, check_no_secret, common_variables, find_template, lrt_command, password_file_for,
-               pilot_args, q, render)
+from .command import lrt_command, pilot_args
+from .credentials import Connection, check_no_secret, password_file_for
+from .templates import common_variables, find_template, q, render
 
 TEMPLATE = "pilot.sh.tmpl"
 
 
 def render_wrapper(conn: Connection, launch_id: str, token_type: Optional[str], extra_args: Optional[str],
                    count: int, template: Optional[str], lrt: Optional[str], password_file: Optional[str],
-                   write: bool = True, default_lrt: Optional[str] = None) -> Dict[str, object]:
+                   write: bool = True, default_lrt: Optional[str] = None) -> Dict[str, Any]:
     """``{"text", "template_path", "template_text", "password_path", "variables", "pilot_argv"}``."""
     tpl = find_template(TEMPLATE, template)
     text = tpl.read_text()
@@ -42,6 +42,3 @@ def plain(value: str, what: str) -> str:
         raise ValueError(f"{what} must not contain newlines or double quotes: {value!r}")
     return value
 
-
-def folder_path(folder: Path, name: str) -> str:
-    return plain(str(folder / name), "path")

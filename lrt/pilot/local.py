@@ -15,7 +15,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 
 @dataclass
@@ -49,7 +52,7 @@ class LocalSummary:
         return "\n".join(lines)
 
 
-def child_env(settings: Any) -> Dict[str, str]:
+def child_env(settings: "Settings") -> Dict[str, str]:
     env = dict(os.environ)
     if settings.url:
         env["LRT_COUCH_URL"] = settings.url
@@ -65,7 +68,7 @@ def child_env(settings: Any) -> Dict[str, str]:
     return env
 
 
-def run_local(settings: Any, n: int, argv_for: Callable[[Optional[Path]], List[str]]) -> LocalSummary:
+def run_local(settings: "Settings", n: int, argv_for: Callable[[Optional[Path]], List[str]]) -> LocalSummary:
     """Start ``n`` pilots (``argv_for(stats_file)`` gives each one's argv) and wait for all.
 
     SIGINT/SIGTERM to this process are passed on to the pilots, which release

@@ -420,10 +420,10 @@ class Pilot:
                 return None
             if isinstance(p, Refusal):
                 continue
-            c = self.client.commit(pending=p).claimed
-            self.cands.note(c is not None)
-            if c is not None:
-                return c
+            won = self.client.commit(pending=p).claimed
+            self.cands.note(won is not None)
+            if won is not None:
+                return won
         return None
 
     def _candidate(self, remaining: Optional[float]) -> "PendingClaim | Refusal | None":
@@ -571,7 +571,9 @@ class Pilot:
             from . import sandbox as sbmod  # only for tokens with a sandbox
 
             try:
-                sha, url = sbmod.token_sandbox(doc)
+                named = sbmod.token_sandbox(doc)
+                assert named is not None  # the token has a sandbox field
+                sha, url = named
                 cache = Path(os.environ.get("LRT_SANDBOX_CACHE") or sbmod.default_cache_dir())
                 got = self._under_lease(c, lambda: sbmod.fetch_sandbox(self.db, sha, cache, url))
                 if isinstance(got, Outcome):
@@ -635,7 +637,7 @@ class Pilot:
 
     #: what an attempt stopped by the lease keeper records, by phase: error or release
     #: messages ({by}: who asked for the release), and the warning logged when fenced
-    _STOPPED = {
+    _STOPPED: Dict[str, Dict[Look, Optional[str]]] = {
         "preparing": {Look.CANCEL: "cancelled by a user while preparing",
                       Look.RELEASE: "release requested by {by} while preparing",
                       Look.DOWN: "could not renew the lease in time while preparing",

@@ -53,6 +53,7 @@ from .. import errorcodes
 from ..errors import LrtError
 
 if TYPE_CHECKING:
+    from ..couch import Database
     from ..transfer import TransferOptions
 
 #: name of the attachment that holds the tarball on a sandbox document
@@ -133,7 +134,7 @@ class _HashingWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, b: Any) -> int:  # type: ignore[override]
+    def write(self, b: Any) -> int:
         data = bytes(b)
         self.hash.update(data)
         self.size += len(data)
@@ -220,7 +221,7 @@ def build_archive(folder: Union[str, Path], dest: IO[bytes]) -> BuiltSandbox:
                         files=files)
 
 
-def upload(db: Any, built: BuiltSandbox, archive: Union[str, Path]) -> bool:
+def upload(db: "Database", built: BuiltSandbox, archive: Union[str, Path]) -> bool:
     """Store ``archive`` as sandbox ``built.sha256`` unless it is already there.
 
     Returns True when something was uploaded.  The document is written first,
@@ -254,7 +255,7 @@ def upload(db: Any, built: BuiltSandbox, archive: Union[str, Path]) -> bool:
     raise SandboxError(f"could not store {doc_id}: it kept changing under us", SANDBOX_DOWNLOAD)
 
 
-def build(folder: Union[str, Path], db: Any = None, *, output: Optional[Union[str, Path]] = None
+def build(folder: Union[str, Path], db: Optional["Database"] = None, *, output: Optional[Union[str, Path]] = None
           ) -> BuiltSandbox:
     """Pack ``folder``; upload it to ``db`` if given; keep the tarball at ``output`` if given."""
     folder = Path(folder)
@@ -274,7 +275,7 @@ def build(folder: Union[str, Path], db: Any = None, *, output: Optional[Union[st
     return built
 
 
-def list_sandboxes(db: Any) -> List[Dict[str, Any]]:
+def list_sandboxes(db: "Database") -> List[Dict[str, Any]]:
     """Every sandbox document (ids are prefixed, so ``_all_docs`` needs no view)."""
     res = db.all_docs(startkey=DOC_PREFIX, endkey=DOC_PREFIX + "\ufff0", include_docs=True)
     out = []
@@ -355,7 +356,7 @@ class _Lock:
             os.close(self.fd)  # closing releases the lock
 
 
-def _download_to(db: Any, sha256: str, url: Optional[str], dest: IO[bytes],
+def _download_to(db: Optional["Database"], sha256: str, url: Optional[str], dest: IO[bytes],
                  options: "Optional[TransferOptions]" = None) -> None:
     """Write the sandbox's bytes into ``dest`` from ``url`` or the database attachment."""
     if url is None:
@@ -445,7 +446,7 @@ class FetchResult:
     notes: List[str] = field(default_factory=list)
 
 
-def fetch(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] = None,
+def fetch(db: Optional["Database"], sha256: str, cache_dir: Union[str, Path], url: Optional[str] = None,
           options: "Optional[TransferOptions]" = None) -> FetchResult:
     """Make ``<cache_dir>/<sha256>/`` exist (download, verify, check, extract once).
 
@@ -514,7 +515,7 @@ def fetch(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] 
     return result
 
 
-def fetch_sandbox(db: Any, sha256: str, cache_dir: Union[str, Path], url: Optional[str] = None,
+def fetch_sandbox(db: Optional["Database"], sha256: str, cache_dir: Union[str, Path], url: Optional[str] = None,
                   options: "Optional[TransferOptions]" = None) -> Path:
     """The extracted sandbox directory, downloading and checking it the first time.
 

@@ -66,7 +66,7 @@ class PendingClaim:
 
     @property
     def id(self) -> str:
-        return self.doc["_id"]
+        return str(self.doc["_id"])
 
 
 @dataclass
@@ -130,7 +130,8 @@ class TokenClient:
         decides again on the fresh document.  After ``repeat_409`` losses the
         last 409 is returned as a refusal with reason ``conflict``.
         """
-        status, payload, rev = 409, {}, None
+        status, rev = 409, None
+        payload: Dict[str, Any] = {}
         sent = time.time()
         for i in range(repeat_409 + 1):
             sent = time.time()
@@ -211,6 +212,7 @@ class TokenClient:
         res = self.db.bulk_docs(docs)
         resent = was_sent or self.db.server.replays != replays
         if fin_doc is not None:
+            assert finishing is not None  # a finish document is made only from a Finishing
             out.finish = self._finish_written(finishing, fin_doc, fin_answer, res)
             if out.finish is None:  # 409: the token changed since the pilot read it
                 out.finish = self._finish_again(finishing)
@@ -403,4 +405,4 @@ class Claimed:
 
     @property
     def id(self) -> str:
-        return self.doc["_id"]
+        return str(self.doc["_id"])

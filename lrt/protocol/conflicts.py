@@ -7,7 +7,7 @@ the same leaf.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import states
 from ..couch import Database
@@ -41,7 +41,7 @@ def choose_leaf(leaves: Sequence[JSON], winner_rev: Optional[str] = None) -> JSO
     return sorted(leaves, key=lambda d: _rev_key(str(d.get("_rev"))))[-1]
 
 
-def _rev_key(rev: str) -> tuple:
+def _rev_key(rev: str) -> Tuple[int, str]:
     n, _, h = rev.partition("-")
     try:
         return (int(n), h)

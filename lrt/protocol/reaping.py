@@ -20,7 +20,8 @@ def expired_leases(db: Database, grace: float, limit: int = 500) -> List[JSON]:
     """
     # the Date header has one-second resolution (and truncates): look one second further
     now = db.server.now() + 1.0
-    return db.view(MONITOR_DDOC, "locked", endkey=now - grace, limit=limit).get("rows", [])
+    rows: List[Dict[str, Any]] = db.view(MONITOR_DDOC, "locked", endkey=now - grace, limit=limit).get("rows", [])
+    return rows
 
 
 def reap_expired(client: TokenClient, grace: float, *, dry_run: bool = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..couch import Database
 from ..design import CLAIM_DDOC, QUEUE_SHARDS
@@ -54,7 +54,7 @@ class Candidates:
         #: rows the last refresh returned
         self.last_count = 0
         #: ids never offered (tokens this pilot gave back on request)
-        self.skip: set = set()
+        self.skip: Set[str] = set()
         #: (type, -priority) of the first group the last head query found, and when
         self._group: Optional[Tuple[Any, Any]] = None
         self._group_at = 0.0
@@ -85,7 +85,8 @@ class Candidates:
 
     def _query(self, **params: Any) -> List[JSON]:
         self.stats.view_queries += 1
-        return self.db.view(CLAIM_DDOC, "todo", reduce=False, **params).get("rows", [])
+        rows: List[JSON] = self.db.view(CLAIM_DDOC, "todo", reduce=False, **params).get("rows", [])
+        return rows
 
     def refresh(self, server_now: Optional[float] = None, remaining: Optional[float] = None) -> None:
         lo: Optional[List[Any]] = [self.type] if self.type is not None else None

@@ -20,10 +20,13 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional
 
 from prov.identifier import Namespace
 from prov.model import PROV, ProvDocument
+
+if TYPE_CHECKING:
+    from ..couch import Database
 
 LRT_NS = "https://lrt.readthedocs.io/ns/prov#"
 VOPROV_NS = "http://www.ivoa.net/documents/ProvenanceDM/ns/voprov/"
@@ -69,7 +72,7 @@ def last_attempt(doc: Mapping[str, Any]) -> Dict[str, Any]:
     return hist[-1] if hist else {}
 
 
-def add_token(d: ProvDocument, doc: Mapping[str, Any], db: Any = None) -> str:
+def add_token(d: ProvDocument, doc: Mapping[str, Any], db: Optional["Database"] = None) -> str:
     """Add one finished token to ``d``; return its activity's identifier."""
     tid = doc["_id"]
     task = doc.get("task") or {}
@@ -167,7 +170,7 @@ def add_token(d: ProvDocument, doc: Mapping[str, Any], db: Any = None) -> str:
     return act_id
 
 
-def token_document(doc: Mapping[str, Any], db: Any = None) -> ProvDocument:
+def token_document(doc: Mapping[str, Any], db: Optional["Database"] = None) -> ProvDocument:
     """The PROV document of one finished token."""
     from ..errors import LrtError
 
@@ -179,7 +182,7 @@ def token_document(doc: Mapping[str, Any], db: Any = None) -> ProvDocument:
     return d
 
 
-def set_document(docs: Iterable[Mapping[str, Any]], db: Any = None,
+def set_document(docs: Iterable[Mapping[str, Any]], db: Optional["Database"] = None,
                  name: Optional[str] = None) -> ProvDocument:
     """One document for several finished tokens: shared files are one entity (an output
     one token generated and another used links the two), and a bundle-like collection

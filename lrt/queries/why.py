@@ -271,7 +271,7 @@ def explain(db: Database, doc_id: str, pilots: Optional[Pilots] = None) -> Token
             h = _no_pilot(ttype, pilots)
             if h:
                 holds.append(h)
-        if not _fits(dur, pilots):
+        if dur and not _fits(dur, pilots):   # (_fits says yes to no duration)
             holds.append(_walltime_hold(float(dur), pilots))
         if nb > now:
             err = doc.get("error") or {}

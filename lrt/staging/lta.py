@@ -79,6 +79,7 @@ class _AuthTransport(xmlrpc.client.SafeTransport):
         return chost, list(headers or []) + [("Authorization", self._header)], x509
 
     def make_connection(self, host: Any) -> Any:
+        conn: Any
         if self._https:
             conn = super().make_connection(host)
         else:

@@ -27,7 +27,7 @@ __all__ = ["Task", "Parameter", "OutputSpec", "ParameterError", "TaskNotFound", 
 DEFAULT_DESTRUCTION = 30 * 86400.0
 
 
-def get_task(name: str, folder: Union[str, os.PathLike, None] = None) -> Task:
+def get_task(name: str, folder: Union[str, "os.PathLike[str]", None] = None) -> Task:
     return TaskRegistry(folder).get(name)
 
 

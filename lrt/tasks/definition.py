@@ -16,13 +16,11 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-import yaml
-
-from ..config import _duplicate_keys, _Lines, _suggest
 from ..errors import ConfigError, LrtError
 from ..states import DEFAULT_BACKOFF, DEFAULT_MAX_ATTEMPTS
+from ..validation import Lines, Validator, load_yaml, suggest
 
 #: parameter types (``type:`` of a parameter)
 TYPES = ("int", "float", "bool", "str", "enum", "file")
@@ -176,7 +174,7 @@ class Parameter:
                         break
             if v not in choices or isinstance(v, bool) != any(isinstance(c, bool) and c == v for c in choices):
                 raise self._bad(v, f"is not one of {', '.join(str(c) for c in choices)}"
-                                   f"{_suggest(str(v), [str(c) for c in choices])}")
+                                   f"{suggest(str(v), [str(c) for c in choices])}")
         elif t == "str":
             if not isinstance(v, str):
                 raise self._bad(v, "is not a string")
@@ -265,7 +263,7 @@ class Task:
         if unknown:
             k = unknown[0]
             raise ParameterError(f"task {self.name} has no parameter {k!r}"
-                                 f"{_suggest(k, list(self.parameters))}; parameters: "
+                                 f"{suggest(k, list(self.parameters))}; parameters: "
                                  f"{', '.join(self.parameters) or 'none'}")
         out: Dict[str, Any] = {}
         for name, p in self.parameters.items():
@@ -293,52 +291,21 @@ def load_task(path: Union[str, Path]) -> Task:
         raise ConfigError("task definition not found", path=str(p)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read task definition: {exc}", path=str(p)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"malformed YAML: {problem}", path=str(p),
-                          line=mark.line + 1 if mark else None) from None
-    if not isinstance(data, dict):
-        raise ConfigError("a task definition is a YAML mapping (key: value lines)", path=str(p))
-    dup = _duplicate_keys(text)
-    if dup:
-        raise ConfigError(f"key {dup[0]!r} appears twice", path=str(p), line=dup[1])
-    return _TaskValidator(p, _Lines(text)).build(data, hashlib.sha256(raw).hexdigest())
+    data, lines = load_yaml(text, str(p), "a task definition")
+    return _TaskValidator(p, lines).build(data, hashlib.sha256(raw).hexdigest())
 
 
-class _TaskValidator:
-    def __init__(self, path: Path, lines: _Lines):
-        self.path = path
-        self.lines = lines
+class _TaskValidator(Validator):
+    """A task definition's sections; the checks shared with token configs come from the base."""
 
-    def fail(self, msg: str, *key: str) -> ConfigError:
-        return ConfigError(msg, path=str(self.path), line=self.lines(*key) if key else None)
+    def __init__(self, path: Path, lines: Lines):
+        super().__init__(str(path), lines)
+        self.file = path
 
-    def mapping(self, value: Any, *key: str) -> Dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(f"{'.'.join(key)} must be a mapping", *key)
-        return value
-
-    def unknown(self, data: Mapping[str, Any], known: Sequence[str], *prefix: str) -> None:
-        for k in data:
-            if str(k) not in known:
-                where = ".".join(prefix + (str(k),))
-                raise self.fail(f"unknown key {where!r}{_suggest(str(k), known)}; known keys"
-                                f"{' of ' + '.'.join(prefix) if prefix else ''}: "
-                                f"{', '.join(known)}", *prefix, str(k))
-
-    def number(self, v: Any, *key: str, integer: bool = False, minimum: Optional[float] = None) -> Any:
-        ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-        if isinstance(v, bool) or not ok:
-            raise self.fail(f"{'.'.join(key)} must be {'an integer' if integer else 'a number'}, "
-                            f"not {v!r}", *key)
-        if minimum is not None and v < minimum:
-            raise self.fail(f"{'.'.join(key)} must be >= {minimum}, not {v!r}", *key)
-        return v
+    def count(self, v: Any, *key: str, integer: bool = False, minimum: Optional[float] = None) -> Any:
+        """A number as written (not converted), no null."""
+        return self.number(v, key, minimum=minimum, allow_none=False, integer=integer, as_float=False,
+                           finite=False)
 
     def duration(self, v: Any, *key: str) -> Optional[float]:
         try:
@@ -357,19 +324,13 @@ class _TaskValidator:
                             "its UWS job list /uws/NAME)")
         if not isinstance(name, str) or not _TASK_RE.match(name):
             raise self.fail(f"task must be a word of letters, digits, '_', '.', '-', not {name!r}", "task")
-        if name != self.path.stem:
-            raise self.fail(f"task {name!r} is defined in {self.path.name}: the file must be "
+        if name != self.file.stem:
+            raise self.fail(f"task {name!r} is defined in {self.file.name}: the file must be "
                             f"named {name}.yaml", "task")
         version = d.get("version")
         if version is None or isinstance(version, bool) or not isinstance(version, (int, float, str)):
             raise self.fail("missing or bad 'version' (a number or string; tokens record it)", "version")
-        command = d.get("command")
-        if isinstance(command, str):
-            raise self.fail("command must be an argument list like ['python3', 'run.py'], not a "
-                            "string: lrt never runs commands through a shell", "command")
-        if (not isinstance(command, list) or not command
-                or not all(isinstance(a, str) and a for a in command)):
-            raise self.fail(f"command must be a non-empty list of strings, not {command!r}", "command")
+        command = self.command(d.get("command"))
         desc = d.get("description")
         if desc is not None and not isinstance(desc, str):
             raise self.fail("description must be a string", "description")
@@ -382,9 +343,7 @@ class _TaskValidator:
             if not isinstance(sb.get("path"), str):
                 raise self.fail("sandbox.path must name a folder (relative to the task file)",
                                 "sandbox", "path")
-            sandbox = (self.path.parent / sb["path"]).resolve()
-            if not sandbox.is_dir():
-                raise self.fail(f"sandbox folder {sandbox} does not exist", "sandbox", "path")
+            sandbox = self.folder(sb["path"], self.file.parent, "sandbox", "path")
 
         params: Dict[str, Parameter] = {}
         for pname, spec in self.mapping(d.get("parameters"), "parameters").items():
@@ -420,7 +379,7 @@ class _TaskValidator:
         self.unknown(res_in, RESOURCE_KEYS, "resources")
         resources: Dict[str, Any] = {}
         if "cores" in res_in:
-            resources["cores"] = self.number(res_in["cores"], "resources", "cores", integer=True, minimum=1)
+            resources["cores"] = self.count(res_in["cores"], "resources", "cores", integer=True, minimum=1)
         if "memory" in res_in:
             mem = res_in["memory"]
             if not isinstance(mem, (str, int)) or isinstance(mem, bool):
@@ -432,15 +391,13 @@ class _TaskValidator:
 
         retry = self.mapping(d.get("retry"), "retry")
         self.unknown(retry, RETRY_KEYS, "retry")
-        max_attempts = self.number(retry.get("max_attempts", DEFAULT_MAX_ATTEMPTS), "retry", "max_attempts",
+        max_attempts = self.count(retry.get("max_attempts", DEFAULT_MAX_ATTEMPTS), "retry", "max_attempts",
                                    integer=True, minimum=1)
         backoff = self.duration(retry.get("backoff", DEFAULT_BACKOFF), "retry", "backoff")
-        pe = retry.get("payload_errors", False)
-        if not isinstance(pe, bool):
-            raise self.fail("retry.payload_errors must be true or false", "retry", "payload_errors")
-        priority = self.number(d.get("priority", 0), "priority", integer=True)
+        pe = self.boolean(retry.get("payload_errors", False), "retry", "payload_errors", show=False)
+        priority = self.count(d.get("priority", 0), "priority", integer=True)
 
-        task = Task(name=name, version=str(version), path=self.path.resolve(), sha256=sha256,
+        task = Task(name=name, version=str(version), path=self.file.resolve(), sha256=sha256,
                     command=list(command), parameters=params, description=desc, sandbox=sandbox,
                     outputs=outputs, dest=dest, resources=resources, max_attempts=max_attempts,
                     backoff=float(backoff or 0), payload_errors=pe, priority=priority)
@@ -457,13 +414,13 @@ class _TaskValidator:
         t = spec.get("type")
         if t not in TYPES:
             raise self.fail(f"parameters.{pname}.type must be one of {', '.join(TYPES)}, not {t!r}"
-                            f"{_suggest(str(t), TYPES)}", *key, "type")
+                            f"{suggest(str(t), TYPES)}", *key, "type")
         p = Parameter(name=pname, type=t)
         for k in ("min", "max"):
             if k in spec:
                 if t not in ("int", "float"):
                     raise self.fail(f"parameters.{pname}.{k} applies to int and float only", *key, k)
-                setattr(p, k, self.number(spec[k], *key, k))
+                setattr(p, k, self.count(spec[k], *key, k))
         if p.min is not None and p.max is not None and p.min > p.max:
             raise self.fail(f"parameters.{pname}: min {p.min} is above max {p.max}", *key, "min")
         if t == "enum":
@@ -518,12 +475,12 @@ class _TaskValidator:
         expect = self.mapping(t.get("expect"), "test", "expect")
         self.unknown(expect, EXPECT_KEYS, "test", "expect")
         ec = expect.get("exit_code", 0)
-        self.number(ec, "test", "expect", "exit_code", integer=True)
+        self.count(ec, "test", "expect", "exit_code", integer=True)
         outs = self.mapping(expect.get("outputs"), "test", "expect", "outputs")
         for oname, spec in outs.items():
             if oname not in task.outputs:
                 raise self.fail(f"test.expect.outputs: the task has no output {oname!r}"
-                                f"{_suggest(str(oname), list(task.outputs))}",
+                                f"{suggest(str(oname), list(task.outputs))}",
                                 "test", "expect", "outputs", str(oname))
             spec = self.mapping(spec, "test", "expect", "outputs", oname)
             self.unknown(spec, ("min_count", "max_count"), "test", "expect", "outputs", oname)
@@ -533,7 +490,7 @@ class _TaskValidator:
 
 
 # -- the task folder ------------------------------------------------------------------------------
-def tasks_dir(folder: Union[str, Path, None] = None) -> Path:
+def tasks_dir(folder: Union[str, "os.PathLike[str]", None] = None) -> Path:
     """The task folder: ``folder``, else ``$LRT_TASKS``, else ``./tasks``."""
     if folder:
         return Path(folder).expanduser()
@@ -544,7 +501,7 @@ def tasks_dir(folder: Union[str, Path, None] = None) -> Path:
 class TaskRegistry:
     """The tasks of one folder (``NAME.yaml`` each), loaded and validated on demand."""
 
-    def __init__(self, folder: Union[str, Path, None] = None):
+    def __init__(self, folder: Union[str, "os.PathLike[str]", None] = None):
         self.folder = tasks_dir(folder)
         self._cache: Dict[str, Tuple[float, Task]] = {}
 
@@ -559,7 +516,7 @@ class TaskRegistry:
         path = self.folder / f"{name}.yaml"
         if not path.is_file():
             names = self.names()
-            raise TaskNotFound(f"no task {name!r} in {self.folder}{_suggest(name, names)} "
+            raise TaskNotFound(f"no task {name!r} in {self.folder}{suggest(name, names)} "
                                f"(tasks: {', '.join(names) or 'none'})")
         mtime = path.stat().st_mtime
         hit = self._cache.get(name)

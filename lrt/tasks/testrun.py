@@ -101,7 +101,7 @@ def run_test(server: Server, task: Task, *, keep: bool = False,
         design.install(db)
         tid = submit_task(db, task, case_parameters(task), dest=out.resolve().as_uri(),
                           execution_duration=min(max_wall, task.timeout or max_wall))
-        opts = dict(token_type=task.name, max_tokens=1, idle_exit=max_wall + 30, poll=0.5,
+        opts: Dict[str, Any] = dict(token_type=task.name, max_tokens=1, idle_exit=max_wall + 30, poll=0.5,
                     lease=max(60.0, max_wall), cancel_check=5.0)
         opts.update(pilot_options or {})
         t0 = time.monotonic()

@@ -14,12 +14,7 @@ import os
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Dict, Mapping, Optional, Tuple
-
-try:  # Protocol is 3.8+; keep the module importable everywhere
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore[assignment,misc]
+from typing import IO, Callable, Dict, Mapping, Optional, Protocol, Tuple
 
 from ..errors import ConfigError, LrtError
 

@@ -82,7 +82,8 @@ def fmt_dur(seconds: Any) -> str:
 def bar(counts: Dict[str, int]) -> List[Dict[str, Any]]:
     """Segments of a progress bar (SVG rect x/width in per mille) in state order."""
     total = sum(counts.values()) or 1
-    out, x = [], 0
+    out: List[Dict[str, Any]] = []
+    x: float = 0
     for s in STATE_ORDER + sorted(set(counts) - set(STATE_ORDER)):
         n = counts.get(s, 0)
         if not n:
@@ -150,7 +151,7 @@ def routes(web: WebContext) -> List[BaseRoute]:
     def failures_page(request: Request) -> Response:
         ttype = _opt(request, "type")
         gs = groups(ttype)
-        sel = None
+        sel: Optional[Dict[str, Any]] = None
         if "code" in request.query_params:
             code = _code(_opt(request, "code"))
             prefix = request.query_params.get("prefix")
@@ -274,11 +275,12 @@ def routes(web: WebContext) -> List[BaseRoute]:
             return error_page(web, request, 403, "missing or wrong CSRF token: reload the page and confirm again")
         g = _group_args(form)
         user, password = str(form.get("user") or ""), str(form.get("password") or "")
-        if not user or not password or web.make_user_db is None:
+        make_user_db = web.make_user_db
+        if not user or not password or make_user_db is None:
             return error_page(web, request, 403, "confirm with your CouchDB user and password")
 
         def act() -> Any:
-            udb = web.make_user_db(user, password)
+            udb = make_user_db(user, password)
             try:
                 who = (udb.server.session_info().get("userCtx") or {}).get("name")
                 if who != user:

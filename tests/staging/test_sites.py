@@ -86,7 +86,7 @@ def test_bad_sites_yaml_changes_nothing(tmp_path, text, msg):
 
 
 def test_srmlist_convert_delegates_to_sites():
-    from lrt.staging.srmlist import SrmList
+    from lrt.filelist import SrmList
 
     lst = SrmList([SARA, JUELICH])
     assert lst.convert("gsiftp") == [Sites().convert(SARA, "gsiftp"), Sites().convert(JUELICH, "gsiftp")]

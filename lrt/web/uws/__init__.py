@@ -543,8 +543,9 @@ def make_routes(tasks: TaskRegistry, max_wait: float = MAX_WAIT,
                                            parse_iso(after) if after else None, n_last)
             root = ET.Element(_q("jobs"), {"version": "1.1"})
             for r in rows:
-                ref = _sub(root, "jobref", id=r["id"], **{f"{{{XLINK_NS}}}href": job_url(request, task, r["id"]),
-                                                           f"{{{XLINK_NS}}}type": "simple"})
+                link: Dict[str, Any] = {f"{{{XLINK_NS}}}href": job_url(request, task, r["id"]),
+                                        f"{{{XLINK_NS}}}type": "simple"}
+                ref = _sub(root, "jobref", id=r["id"], **link)
                 _sub(ref, "phase", r["phase"].value)
                 if r["run_id"]:
                     _sub(ref, "runId", r["run_id"])
@@ -678,10 +679,11 @@ def make_routes(tasks: TaskRegistry, max_wait: float = MAX_WAIT,
             doc = await run_in_threadpool(svc.load, task, jid, user)
             fmt = request.query_params.get("format", "json")
             try:
-                from ...provenance import FORMATS, serialize, token_document
+                import prov  # noqa: F401 - the prov extra
             except ImportError as exc:
                 raise UwsError(501, f"provenance needs the prov extra: pip install 'lrt[prov]' "
                                     f"({exc.name} missing)") from None
+            from ...provenance import FORMATS, serialize, token_document
             if fmt not in FORMATS:
                 raise UwsError(400, f"format must be one of {', '.join(FORMATS)}")
             if doc_phase(doc, time.time()) not in FINISHED:

@@ -18,7 +18,8 @@ so a gap in the archive is visible in the token instead of silently merging
 two ranges.  A range with no link at all produces no chunk.
 
 Per-site protocol conversion (srm -> gsiftp/https/root) lives elsewhere
-(``lrt.staging.sites``); this module only parses and groups.
+(``lrt.staging.sites``); this module only parses and groups, so token configs
+(:mod:`lrt.config`) read file lists without importing the staging package.
 
 Standard library only.
 """
@@ -221,17 +222,17 @@ class SrmList(list):
     def _coerce(item: Union[str, Link]) -> Link:
         return item if isinstance(item, Link) else parse_link(str(item))
 
-    def append(self, item: Union[str, Link]) -> None:  # type: ignore[override]
+    def append(self, item: Union[str, Link]) -> None:
         super().append(self._coerce(item))
 
-    def extend(self, items: Iterable[Union[str, Link]]) -> None:  # type: ignore[override]
+    def extend(self, items: Iterable[Union[str, Link]]) -> None:
         for item in items:
             self.append(item)
 
     def insert(self, i: int, item: Union[str, Link]) -> None:  # type: ignore[override]
         super().insert(i, self._coerce(item))
 
-    def __setitem__(self, i, item):  # type: ignore[override]
+    def __setitem__(self, i, item):
         if isinstance(i, slice):
             super().__setitem__(i, [self._coerce(x) for x in item])
         else:
@@ -280,7 +281,7 @@ class SrmList(list):
         """The links rewritten for another door of their site (``gsiftp``, ``https``,
         ``root``, ``gfal``, ...); delegates to :mod:`lrt.staging.sites` (``sites``: a
         ``Sites`` registry, default the built-in LTA sites plus any loaded YAML)."""
-        from .sites import convert_all
+        from .staging.sites import convert_all
 
         return convert_all(self.urls, form, sites)  # type: ignore[arg-type]
 
