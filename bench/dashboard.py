@@ -196,6 +196,31 @@ def read_models(db):
             ("leases page (200 rows)", lambda: pilots.leases(db, 200))]
 
 
+def rates_ab(db, repeat: int) -> Dict[str, List[float]]:
+    """The rate plot's buckets (:func:`lrt.queries.rates.plan`: hours, 5 minutes, minutes)
+    against one row per minute over the same 180 minutes, read twice (the groups the layout
+    before this one read: 180 per outcome), alternating so both meet the same load."""
+    from lrt.queries import rates
+
+    now = db.server.now()
+    last = int(now // 60)
+    sk, ek = rates.key_range(None, last - 179, last + 1)
+
+    def minutes() -> None:
+        for _ in range(2):
+            db.view(rates.RATES_DDOC, "finished", group_level=4, startkey=sk, endkey=ek)
+
+    fns = {"buckets (3 queries, ~29 rows)": lambda: rates.finished_per_minute(db, 180, now=now),
+           "per minute (2 x 180 rows)": minutes}
+    out: Dict[str, List[float]] = {k: [] for k in fns}
+    for i in range(repeat):
+        for name in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+            t0 = time.perf_counter()
+            fns[name]()
+            out[name].append(time.perf_counter() - t0)
+    return out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10000")
@@ -240,6 +265,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         t0 = time.perf_counter()
                         fn()
                         times.append(time.perf_counter() - t0)
+                    print(f"N={n}: {label:<36} {statistics.median(times) * 1000:9.0f}  "
+                          f"({min(times) * 1000:.0f}, {max(times) * 1000:.0f})  {os.getloadavg()[0]:.1f}")
+                print(f"N={n}: rate plot A/B, alternating          median ms  (min, max)  load average")
+                for label, times in rates_ab(make_db(), max(3, a.repeat)).items():
                     print(f"N={n}: {label:<36} {statistics.median(times) * 1000:9.0f}  "
                           f"({min(times) * 1000:.0f}, {max(times) * 1000:.0f})  {os.getloadavg()[0]:.1f}")
                 app = App(make_db)
