@@ -17,12 +17,22 @@ process) is asked for each page over HTTP:
 Starts its own local server in a temporary folder unless LRT_COUCH_URL is set
 (then that server is measured, e.g. Apache CouchDB).
 
+With ``--keep`` the databases stay, and a later run with ``--keep`` reuses one
+that holds at least N documents instead of writing N tokens again (10^6 took
+24 minutes).  The tokens' times were spread over the three hours before their
+database was written (that clock is kept in ``_local/lrt-bench-dashboard``), so
+a reused database is measured at that clock: lrt's view of the server clock
+(``Server.now``, which the read models and the app use) is shifted back by the
+database's age, and the rate plot's window holds the same tokens as on the
+first run.
+
     python3 bench/dashboard.py                      # N = 10000
     python3 bench/dashboard.py --sizes 10000,100000 --repeat 5
 """
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -40,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 
 from lrt import design  # noqa: E402
+from lrt.couch import Server  # noqa: E402
 from lrt.server import free_port  # noqa: E402
 from benchlib import bench_server  # noqa: E402
 
@@ -47,6 +58,31 @@ ERRORS = [(60, "PAYLOAD_FAILED", "payload", "payload exited with status {k}"),
           (61, "PAYLOAD_TIMEOUT", "payload", "payload ran past its timeout of {k}00 s"),
           (21, "STAGE_IN_FAILED", "system", "input srm://example.org/f{k}.tar: connection refused"),
           (41, "PILOT_LOST", "system", "lease expired {k} s ago")]
+
+#: the server clock at which the tokens were written (a kept database is measured at it)
+CLOCK_DOC = "_local/lrt-bench-dashboard"
+
+
+class ShiftedServer(Server):
+    """lrt's client with its view of the server clock shifted back by ``shift`` seconds."""
+
+    shift = 0.0
+
+    def now(self) -> float:
+        return super().now() - self.shift
+
+
+def data_clock(db) -> float:
+    """The clock the tokens of a kept database were made at (from CLOCK_DOC, or else the
+    last finish minute of ``lrt-rates/finished``, and then stored in CLOCK_DOC)."""
+    have = db.get_or_none(CLOCK_DOC)
+    if have is not None:
+        return float(have["now"])
+    rows = db.view("lrt-rates", "finished", reduce=False, descending=True, limit=1,
+                   startkey=[None, {}], endkey=[None]).get("rows", [])
+    t = (int(rows[0]["key"][3]) + 1) * 60.0 if rows else db.server.now()
+    db.put({"_id": CLOCK_DOC, "now": t})
+    return t
 
 
 def populate(db, n: int, now: float, batch: int = 2000) -> None:
@@ -85,6 +121,7 @@ def populate(db, n: int, now: float, batch: int = 2000) -> None:
             docs = []
     if docs:
         db.bulk_docs(docs)
+    db.put({"_id": CLOCK_DOC, "now": now})
 
 
 class App:
@@ -139,7 +176,8 @@ def measure(app: App, path: str, repeat: int) -> Dict[str, Any]:
     with ThreadPoolExecutor(10) as pool:
         list(pool.map(lambda _: app.get(path), range(10)))
     tabs = app.web.requests_sent() - n0
-    return {"cold": statistics.median(cold), "reqs": max(reqs), "warm": statistics.median(warm),
+    return {"cold": statistics.median(cold), "cold_min": min(cold), "cold_max": max(cold),
+            "reqs": max(reqs), "warm": statistics.median(warm),
             "warm_reqs": warm_reqs, "tabs": tabs}
 
 
@@ -156,6 +194,31 @@ def read_models(db):
             ("error_groups (errors _stats)", lambda: failures.error_groups(db)),
             ("token page rows (list, 100 rows)", lambda: tokens.page(db, tokens.TokenFilter(), 100)),
             ("leases page (200 rows)", lambda: pilots.leases(db, 200))]
+
+
+def rates_ab(db, repeat: int) -> Dict[str, List[float]]:
+    """The rate plot's buckets (:func:`lrt.queries.rates.plan`: hours, 5 minutes, minutes)
+    against one row per minute over the same 180 minutes, read twice (the groups the layout
+    before this one read: 180 per outcome), alternating so both meet the same load."""
+    from lrt.queries import rates
+
+    now = db.server.now()
+    last = int(now // 60)
+    sk, ek = rates.key_range(None, last - 179, last + 1)
+
+    def minutes() -> None:
+        for _ in range(2):
+            db.view(rates.RATES_DDOC, "finished", group_level=4, startkey=sk, endkey=ek)
+
+    fns = {"buckets (3 queries, ~29 rows)": lambda: rates.finished_per_minute(db, 180, now=now),
+           "per minute (2 x 180 rows)": minutes}
+    out: Dict[str, List[float]] = {k: [] for k in fns}
+    for i in range(repeat):
+        for name in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+            t0 = time.perf_counter()
+            fns[name]()
+            out[name].append(time.perf_counter() - t0)
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -180,27 +243,34 @@ def main(argv: Optional[List[str]] = None) -> int:
                     t0 = time.perf_counter()
                     populate(db, n, now)
                     print(f"N={n}: {n} tokens written in {time.perf_counter() - t0:.1f} s")
-                design.install(db)  # a kept database gets the current views
+                print(f"N={n}: design documents {design.install(db)}")  # a kept database gets the current views
                 t0 = time.perf_counter()
                 for ddoc, view in (("lrt", "tokens"), ("lrt-claim", "todo"), ("lrt-web", "list"),
-                                   ("lrt-web", "finished"), ("lrt-web", "errors"), ("lrt-web", "leases")):
+                                   ("lrt-rates", "finished"), ("lrt-web", "errors"), ("lrt-web", "leases")):
                     db.view(ddoc, view, limit=1)
                 print(f"N={n}: first view queries (index builds) {time.perf_counter() - t0:.1f} s")
-                from lrt.couch import Server
+                shift = max(0.0, server.now() - data_clock(db))
+                print(f"N={n}: tokens written at server clock - {shift:.0f} s: measured at that clock")
 
                 def make_db():
-                    return Server(server.url, env.get("LRT_COUCH_USER") or server.user,
-                                  env.get("LRT_COUCH_PASSWORD"), verify=server.session.verify).database(name)
+                    s = ShiftedServer(server.url, env.get("LRT_COUCH_USER") or server.user,
+                                      env.get("LRT_COUCH_PASSWORD"), verify=server.session.verify)
+                    s.shift = shift
+                    return s.database(name)
 
-                print(f"N={n}: read model (direct call, warm index)   median ms  (min, max)")
-                for label, fn in read_models(db):
+                print(f"N={n}: read model (direct call, warm index)   median ms  (min, max)  load average")
+                for label, fn in read_models(make_db()):
                     times = []
                     for _ in range(a.repeat):
                         t0 = time.perf_counter()
                         fn()
                         times.append(time.perf_counter() - t0)
                     print(f"N={n}: {label:<36} {statistics.median(times) * 1000:9.0f}  "
-                          f"({min(times) * 1000:.0f}, {max(times) * 1000:.0f})")
+                          f"({min(times) * 1000:.0f}, {max(times) * 1000:.0f})  {os.getloadavg()[0]:.1f}")
+                print(f"N={n}: rate plot A/B, alternating          median ms  (min, max)  load average")
+                for label, times in rates_ab(make_db(), max(3, a.repeat)).items():
+                    print(f"N={n}: {label:<36} {statistics.median(times) * 1000:9.0f}  "
+                          f"({min(times) * 1000:.0f}, {max(times) * 1000:.0f})  {os.getloadavg()[0]:.1f}")
                 app = App(make_db)
                 try:
                     grp = urllib.parse.quote("payload exited with status #")
@@ -208,11 +278,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                              ("failure group", f"/failures?code=60&prefix={grp}"),
                              ("tokens", "/tokens"), ("tokens error", "/tokens?state=error&type=a"),
                              ("token", "/token?id=a_00000001"), ("pilots", "/pilots")]
-                    print(f"N={n}: page             cold ms  CouchDB req  warm ms  warm req  10 tabs req")
+                    print(f"N={n}: page             cold ms  (min, max)  CouchDB req  warm ms  warm req  "
+                          "10 tabs req  load")
                     for label, path in pages:
                         m = measure(app, path, a.repeat)
-                        print(f"N={n}: {label:<15} {m['cold'] * 1000:8.0f}  {m['reqs']:11d}  "
-                              f"{m['warm'] * 1000:7.1f}  {m['warm_reqs']:8d}  {m['tabs']:11d}")
+                        span = f"({m['cold_min'] * 1000:.0f}, {m['cold_max'] * 1000:.0f})"
+                        print(f"N={n}: {label:<15} {m['cold'] * 1000:8.0f}  {span:<10}  {m['reqs']:11d}  "
+                              f"{m['warm'] * 1000:7.1f}  {m['warm_reqs']:8d}  {m['tabs']:11d}  "
+                              f"{os.getloadavg()[0]:.1f}")
                 finally:
                     app.stop()
                     if not a.keep:

@@ -60,7 +60,7 @@ def cmd_dashboard(ctx) -> int:
     db = ctx.db
     if not db.exists():
         raise LrtError(f"database {db.name} does not exist on {db.server.url}")
-    warn_outdated(db, ("lrt-web",), "lrt dashboard")
+    warn_outdated(db, ("lrt-web", "lrt-rates"), "lrt dashboard")
     web = web_context(ctx, WebContext)
     hosts = ["127.0.0.1", "localhost", "[::1]", "::1", a.bind]
     app = create_app(web, allowed_hosts=hosts)

@@ -245,7 +245,8 @@ def format_rates(st: Dict[str, Any], rates: Any) -> str:
     from ..queries.rates import format_eta, remaining
 
     left = remaining(st["states"])
-    return (f"last 15 min: {sum(rates.done[-16:-1])} done, {sum(rates.failed[-16:-1])} failed, "
+    done, failed = rates.totals(15)
+    return (f"last 15 min: {done} done, {failed} failed, "
             f"{rates.per_minute(15):.1f}/min; {left} to go, ETA {format_eta(rates.eta(left, 15))}")
 
 

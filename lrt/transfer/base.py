@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import IO, Callable, Dict, Mapping, Optional, Protocol, Tuple
 
 from ..errors import ConfigError, LrtError
+
+log = logging.getLogger("lrt.transfer")
 
 #: the suffix stage-out uploads under before committing: ``<name>.lrt-tmp-<attempt id>``
 TMP_MARK = ".lrt-tmp-"
@@ -228,3 +231,35 @@ class Transfer(Protocol):
 
     def read(self, url: str, dest: IO[bytes]) -> None:
         """Stream the bytes of ``url`` into ``dest``."""
+
+
+def commit_if_absent(tmp: str, final: str, exists: Callable[[str], bool], move: Callable[[], object],
+                     delete: Callable[[str], None]) -> bool:
+    """:meth:`Transfer.commit` for storages with no rename-if-absent (gfal2, rclone).
+
+    Their rename and copy are check-then-act, so the fence is the lease: the
+    caller checked it just before, and two attempts never hold one token's
+    lease at once.  An existing ``final`` (a re-run of a finished token: reset,
+    duplicate) is kept and ``tmp`` dropped; so is one that appeared while
+    ``move`` failed (e.g. a storage that refuses to replace).  ``move`` raises
+    :class:`TransferError`; True when this call published ``final``.
+    """
+    if exists(final):
+        drop_temporary(delete, tmp)
+        return False
+    try:
+        move()
+    except TransferError as exc:
+        if exists(final):
+            drop_temporary(delete, tmp)
+            return False
+        raise TransferError(f"cannot commit {final}: {exc.reason}", exc.failure, exc.errno) from None
+    return True
+
+
+def drop_temporary(delete: Callable[[str], None], url: str) -> None:
+    """Remove a temporary upload; a failure is logged, not raised (the output is safe)."""
+    try:
+        delete(url)
+    except TransferError as exc:
+        log.warning("could not remove temporary %s: %s", url, exc.reason)

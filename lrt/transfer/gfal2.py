@@ -8,14 +8,13 @@ install.  One gfal2 context per :class:`Gfal2Transfer`.
 from __future__ import annotations
 
 import errno as _errno
-import logging
 from pathlib import Path
 from typing import IO, Any, Optional, Set
 
-from .base import Checksum, Failure, Stat, TransferError, TransferOptions, Verified, Verify
+from .base import (Checksum, Failure, Stat, TransferError, TransferOptions, Verified, Verify,
+                   commit_if_absent)
 
 _CHUNK = 1 << 20
-log = logging.getLogger("lrt.transfer")
 
 
 def load() -> Any:
@@ -122,29 +121,15 @@ class Gfal2Transfer:
             return Verified(Verify.TARGET, checksum.algo) if verify else Verified(Verify.SIZE)
 
     def commit(self, tmp: str, final: str) -> bool:
-        # gfal2 has no rename-if-absent for remote storage (and its mkdir/copy are
-        # check-then-act, not exclusive), so the fence here is the lease: the caller
-        # checked it just before, and two attempts never hold one token's lease at
-        # once.  The check below makes a re-run of a finished token (reset,
-        # duplicate) keep the published file instead of replacing it.
-        if self.stat(final) is not None:
-            self._drop(tmp)
-            return False
-        try:
-            self.ctx.rename(tmp, final)
-        except self.gfal2.GError as exc:
-            if self.stat(final) is not None:  # e.g. a storage that refuses to replace: published
-                self._drop(tmp)
-                return False
-            raise TransferError(f"cannot commit {final}: {reason(exc)}", Failure.FAILED,
-                                exc.code) from None
-        return True
+        # gfal2 has no rename-if-absent for remote storage (its mkdir/copy are
+        # check-then-act too): the lease is the fence, see commit_if_absent
+        def rename() -> None:
+            try:
+                self.ctx.rename(tmp, final)
+            except self.gfal2.GError as exc:
+                raise TransferError(reason(exc), Failure.FAILED, exc.code) from None
 
-    def _drop(self, url: str) -> None:
-        try:
-            self.delete(url)
-        except TransferError as exc:
-            log.warning("could not remove temporary %s: %s", url, exc.reason)
+        return commit_if_absent(tmp, final, lambda u: self.stat(u) is not None, rename, self.delete)
 
     def delete(self, url: str) -> None:
         try:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .base import (_CHUNK, Checksum, Failure, Stat, TransferError, TransferOptions, Verified, Verify,
-                   file_checksum)
+                   commit_if_absent, file_checksum)
 
 log = logging.getLogger("lrt.transfer")
 
@@ -304,26 +304,11 @@ class RcloneTransfer:
             raise
 
     def commit(self, tmp: str, final: str) -> bool:
-        # Object stores have no rename-if-absent rclone can use: as with gfal2 the
-        # lease is the fence (checked by the caller right before), and an existing
-        # final name (a re-run of a finished token) is kept, never replaced.
-        if self._stat(final, None) is not None:
-            self._drop(tmp)
-            return False
-        try:
-            self._run(["moveto", spec(tmp), spec(final)], timeout=self.options.timeout)
-        except TransferError as exc:
-            if self._stat(final, None) is not None:
-                self._drop(tmp)
-                return False
-            raise TransferError(f"cannot commit {final}: {exc.reason}", exc.failure) from None
-        return True
-
-    def _drop(self, url: str) -> None:
-        try:
-            self.delete(url)
-        except TransferError as exc:
-            log.warning("could not remove temporary %s: %s", url, exc.reason)
+        # object stores have no rename-if-absent rclone can use: as with gfal2 the
+        # lease is the fence (see commit_if_absent)
+        return commit_if_absent(tmp, final, lambda u: self._stat(u, None) is not None,
+                                lambda: self._run(["moveto", spec(tmp), spec(final)], timeout=self.options.timeout),
+                                self.delete)
 
     def delete(self, url: str) -> None:
         args = ["deletefile", spec(url)]

@@ -141,12 +141,12 @@ def routes(web: WebContext) -> List[BaseRoute]:
             for by in by_type.values():
                 for s, n in by.items():
                     merged[s] = merged.get(s, 0) + n
-        plot = {"x": [m * 60 for m in r.minutes], "done": r.done, "failed": r.failed}
+        done_last, failed_last = r.totals(60)
         return page(request, "overview", type=ttype, st=st, tokensets=ts, rates=r,
                     remaining=left, eta=rates.format_eta(r.eta(left)), per_minute=r.per_minute(),
-                    staging=staging, launches=la, lease_counts=lc, plot=plot, edges=edges,
-                    set_states=set_states,
-                    done_last=sum(r.done[-61:-1]), failed_last=sum(r.failed[-61:-1]))
+                    staging=staging, launches=la, lease_counts=lc, plot=r.plot(), edges=edges,
+                    set_states=set_states, plot_hours=PLOT_MINUTES // 60,
+                    done_last=done_last, failed_last=failed_last)
 
     def failures_page(request: Request) -> Response:
         ttype = _opt(request, "type")
