@@ -22,20 +22,31 @@ import requests
 
 from lrt import design
 from lrt.pilot.claim import TokenClient, lock_doc, resolve_conflicts
-from lrt.tokens import conflicted_count
+from lrt.tokens import TokenSet, conflicted_count
 
 from conftest import new_db_name
 from pilot_helpers import RECORD, executions, make_tokens, poll, start_pilot, token
 
 
+def is_claim(docs: List[dict]) -> bool:
+    return any(d.get("state") == "locked" and d.get("lease") for d in docs)
+
+
+def is_creation(docs: List[dict]) -> bool:
+    return any(d.get("kind") == "token" and "_rev" not in d for d in docs)
+
+
 class QuorumProxy:
     """Forwards every request to ``upstream``; a ``_bulk_docs`` that claims a token
-    (writes a ``locked`` document) is answered 202 with ``"accepted": true``, after
-    ``on_claim(docs)`` ran (the test adds there what other copies would hold)."""
+    (writes a ``locked`` document; ``match`` says which writes) is answered 202 with
+    ``"accepted": true``, after ``on_claim(docs)`` ran (the test adds there what other
+    copies would hold)."""
 
-    def __init__(self, upstream: str, on_claim: Optional[Callable[[List[dict]], None]] = None):
+    def __init__(self, upstream: str, on_claim: Optional[Callable[[List[dict]], None]] = None,
+                 match: Callable[[List[dict]], bool] = is_claim):
         self.upstream = upstream.rstrip("/")
         self.on_claim = on_claim
+        self.match = match
         self.rewritten = 0
         proxy = self
 
@@ -53,7 +64,7 @@ class QuorumProxy:
                 if (self.command == "POST" and self.path.split("?")[0].endswith("/_bulk_docs")
                         and status == 201 and body):
                     docs = json.loads(body).get("docs", [])
-                    if any(d.get("state") == "locked" and d.get("lease") for d in docs):
+                    if proxy.match(docs):
                         if proxy.on_claim:
                             proxy.on_claim(docs)
                         rows = [dict(row, accepted=True) for row in r.json()]
@@ -215,6 +226,71 @@ def test_resolver_leaves_live_locks_alone_and_is_idempotent(db):
     assert len(live(db, "live")) == 2
     assert resolve_conflicts(db, ids) == []  # nothing more to do: idempotent
     poll(lambda: conflicted_count(db) == 1, what="only the live-leased token conflicted")
+
+
+# ---------------------------------------------------------------------------
+# creation: a new token answered 202
+
+
+CREATE3 = "type: sw\ncommand: [a]\nid: 'sw_{i}'\nsweep: {i: {range: [0, 3]}}\n"
+
+
+def first_revision(doc: dict, h: str) -> dict:
+    """Another creator's first revision of ``doc`` with revision id ``1-<h>``: a second
+    root of the revision tree, as a copy that accepted that creator's write holds it."""
+    return dict(doc, _rev=f"1-{h}", _revisions={"start": 1, "ids": [h]}, created=doc["created"] + 1)
+
+
+def create_via(proxy, couch, db, on_create):
+    proxy.match, proxy.on_claim = is_creation, on_create
+    return TokenSet.from_text(CREATE3).create(couch.server(proxy.url).database(db.name))
+
+
+def test_a_202_new_token_alone_on_every_copy_is_created(db, couch, proxy):
+    res = create_via(proxy, couch, db, None)
+    assert proxy.rewritten == 1
+    assert (res.created, res.present, res.failed, res.checked, res.withdrawn) == (3, 0, 0, 3, 0)
+    assert [len(live(db, f"sw_{i}")) for i in range(3)] == [1, 1, 1]
+
+
+def test_a_202_new_token_beside_the_winning_first_revision_is_withdrawn(db, couch, proxy):
+    """The sibling is CouchDB's winner (highest revision id): its creator may have been
+    answered 201 and counted it; ours is removed and counted present."""
+    sibs = {}
+
+    def another_creator_won(docs):
+        sibs.update({d["_id"]: first_revision(d, "f" * 32) for d in docs})
+        assert not db.bulk_docs(list(sibs.values()), new_edits=False).errors
+
+    res = create_via(proxy, couch, db, another_creator_won)
+    assert (res.created, res.present, res.failed, res.checked, res.withdrawn) == (0, 3, 0, 3, 3)
+    for doc_id, sib in sibs.items():
+        assert [d["_rev"] for d in live(db, doc_id)] == [sib["_rev"]]
+        assert "_conflicts" not in db.get(doc_id, conflicts=True)
+
+
+def test_a_winning_202_new_token_waits_for_the_sibling_to_go(db, couch, proxy, monkeypatch):
+    """Ours is CouchDB's winner: a sibling whose creator removes it (it lost) leaves ours
+    created; one that stays (answered 201) makes ours lose after the wait."""
+    import lrt.tokens
+
+    monkeypatch.setattr(lrt.tokens, "CONFIRM_WAIT", 2.0)
+    sibs = {}
+
+    def a_loser_withdraws_one(docs):
+        sibs.update({d["_id"]: first_revision(d, "0" * 32) for d in docs})
+        assert not db.bulk_docs(list(sibs.values()), new_edits=False).errors
+
+        def later():
+            time.sleep(0.3)
+            db.bulk_docs([{"_id": "sw_0", "_rev": sibs["sw_0"]["_rev"], "_deleted": True}])
+        threading.Thread(target=later, daemon=True).start()
+
+    res = create_via(proxy, couch, db, a_loser_withdraws_one)
+    assert (res.created, res.present, res.failed, res.checked, res.withdrawn) == (1, 2, 0, 3, 2)
+    assert [d["_rev"] != sibs["sw_0"]["_rev"] for d in live(db, "sw_0")] == [True]
+    for doc_id in ("sw_1", "sw_2"):
+        assert [d["_rev"] for d in live(db, doc_id)] == [sibs[doc_id]["_rev"]]
 
 
 # ---------------------------------------------------------------------------
