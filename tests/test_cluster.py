@@ -20,12 +20,11 @@ from typing import Callable, List, Optional
 import pytest
 import requests
 
-from lrt import design
 from lrt.pilot.claim import TokenClient, lock_doc, resolve_conflicts
 from lrt.tokens import TokenSet, conflicted_count
 
-from conftest import new_db_name
-from pilot_helpers import RECORD, executions, make_tokens, poll, start_pilot, token
+from cluster_helpers import cluster_db, no_conflict_on_any_node, pilots_on_every_node
+from pilot_helpers import RECORD, executions, make_tokens, poll, token
 
 
 def is_claim(docs: List[dict]) -> bool:
@@ -302,31 +301,20 @@ def test_pilots_on_every_node_run_each_token_once_and_leave_no_conflict(couch, t
     """Pilots connected to different nodes claim the same tokens from views that each
     node serves from its own copies; every token runs exactly once, and when they are
     done no document has conflicting revisions."""
-    nodes = couch.nodes
-    if len(nodes) < 2:
-        pytest.skip("set LRT_TEST_COUCH_NODES to the URLs of the cluster's nodes")
-    name = new_db_name("cluster")
-    admin = couch.server()
-    db = admin.database(name)
-    db.create()
-    try:
-        design.install(db)
+    with cluster_db(couch, "cluster") as db:
         rec = tmp_path / "rec"
         rec.mkdir()
         n = int(os.environ.get("LRT_TEST_CLUSTER_TOKENS", "300"))
         ids = make_tokens(db, (token(f"c{i:04d}", RECORD + [str(rec)]) for i in range(n)))
-        views = [couch.server(u).database(name) for u in nodes]
-        for v in views:  # every node answers the claim view before the pilots start
+        for u in couch.nodes:  # every node answers the claim view before the pilots start
+            v = couch.server(u).database(db.name)
             poll(lambda: len(v.view("lrt-claim", "todo", limit=n + 1)["rows"]) == n, timeout=120,
-                 what=f"the claim view on {v.server.url}")
-        procs = []
-        for i in range(int(os.environ.get("LRT_TEST_CLUSTER_PILOTS", str(3 * len(nodes))))):
-            url = nodes[i % len(nodes)]
-            # a small window: pilots meet on the same tokens
-            procs.append(start_pilot(couch.env(name, url), "--idle-exit", "8", "--poll", "0.5",
+                 what=f"the claim view on {u}")
+        count = int(os.environ.get("LRT_TEST_CLUSTER_PILOTS", str(3 * len(couch.nodes))))
+        # a small window: pilots meet on the same tokens
+        procs = pilots_on_every_node(couch, db, count, tmp_path, "--idle-exit", "8", "--poll", "0.5",
                                      "--batch", "5", "--lease", "60", "--reap-grace", "5",
-                                     "--stats", str(tmp_path / f"stats{i}.json"),
-                                     log=tmp_path / f"pilot{i}.log"))
+                                     "--stats", str(tmp_path / "stats{i}.json"))
         assert [p.wait(1800) for p in procs] == [0] * len(procs)
         runs = executions(rec)
         dup = [i for i, k in Counter(runs).items() if k > 1]
@@ -335,14 +323,8 @@ def test_pilots_on_every_node_run_each_token_once_and_leave_no_conflict(couch, t
         stats = [json.loads((tmp_path / f"stats{i}.json").read_text()) for i in range(len(procs))]
         print("claims", sum(s["claims"] for s in stats), "confirms", sum(s["confirms"] for s in stats),
               "dropped", sum(s["dropped"] for s in stats), "resolved", sum(s["resolved"] for s in stats))
-
-        def no_conflicts() -> bool:
-            return all(v.view("lrt", "conflicts", limit=1)["rows"] == [] for v in views)
         # every copy of every token has one live leaf, done
         for doc_id in ids:
             leaves = live(db, doc_id)
             assert [d["state"] for d in leaves] == ["done"], (doc_id, leaves)
-        poll(no_conflicts, timeout=60, what="no conflicted document on any node")
-    finally:
-        db.delete()
-        admin.close()
+        no_conflict_on_any_node(couch, db)
