@@ -1056,10 +1056,17 @@ class Database:
 
         The response stays open until the chunks are consumed (or the iterator is
         closed), so a web page can pass a large log through without holding it.
+        Asked with ``Accept-Encoding: identity``: Apache CouchDB stores text
+        attachments gzip-compressed and sends them so to a client that accepts
+        gzip, with the compressed length, while the chunks are decoded; the
+        length returned is that of the chunks (None if a server encodes anyway).
         """
         path = self._p(quote_id(doc_id), urllib.parse.quote(name, safe=""))
-        resp = self.server.request("GET", path, stream=True, headers={"Accept": "*/*"})
+        resp = self.server.request("GET", path, stream=True,
+                                   headers={"Accept": "*/*", "Accept-Encoding": "identity"})
         length = resp.headers.get("Content-Length")
+        if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+            length = None
 
         def chunks() -> Iterator[bytes]:
             try:
