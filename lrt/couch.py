@@ -147,6 +147,20 @@ def quote_id(doc_id: str) -> str:
     return urllib.parse.quote(doc_id, safe="")
 
 
+def winning_leaf(leaves: Sequence[JSON]) -> Optional[JSON]:
+    """The leaf CouchDB makes a conflicted document's winner: among the leaves not
+    deleted, the one with the highest revision number, ties broken by the highest
+    revision id in ASCII order (`Replication and conflict model
+    <https://docs.couchdb.org/en/3.5.1/replication/conflicts.html>`_).  Every
+    client that sees the same leaves picks the same one.  None if all are deleted."""
+    def key(d: JSON) -> Tuple[int, str]:
+        n, _, h = str(d.get("_rev")).partition("-")
+        return (int(n), h) if n.isdigit() else (0, h)
+
+    live = [d for d in leaves if not d.get("_deleted")]
+    return max(live, key=key) if live else None
+
+
 _JSON_PARAMS = {"key", "keys", "startkey", "endkey", "start_key", "end_key"}
 
 
@@ -729,6 +743,16 @@ class BulkResult(Dict[str, Any]):
     def errors(self) -> Dict[str, JSON]:
         return {i: r for i, r in self.items() if "error" in r and r.get("error") != "conflict"}
 
+    @property
+    def unconfirmed(self) -> List[str]:
+        """Written, but by fewer copies than the write quorum (a cluster's 202): another
+        write of the same document may have been accepted by the other copies.
+        CouchDB marks such rows ``"accepted": true``; a 202 that marks none is taken
+        to concern every written row."""
+        ok = self.ok
+        marked = [i for i in ok if self[i].get("accepted")]
+        return ok if self.status == 202 and not marked else marked
+
 
 class Database:
     """One CouchDB database on a :class:`Server`."""
@@ -1040,10 +1064,17 @@ class Database:
 
         The response stays open until the chunks are consumed (or the iterator is
         closed), so a web page can pass a large log through without holding it.
+        Asked with ``Accept-Encoding: identity``: Apache CouchDB stores text
+        attachments gzip-compressed and sends them so to a client that accepts
+        gzip, with the compressed length, while the chunks are decoded; the
+        length returned is that of the chunks (None if a server encodes anyway).
         """
         path = self._p(quote_id(doc_id), urllib.parse.quote(name, safe=""))
-        resp = self.server.request("GET", path, stream=True, headers={"Accept": "*/*"})
+        resp = self.server.request("GET", path, stream=True,
+                                   headers={"Accept": "*/*", "Accept-Encoding": "identity"})
         length = resp.headers.get("Content-Length")
+        if resp.headers.get("Content-Encoding", "identity").lower() != "identity":
+            length = None
 
         def chunks() -> Iterator[bytes]:
             try:

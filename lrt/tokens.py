@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 
 from . import states
 from .config import Item, TokenConfig
-from .couch import Database, NotFound
+from .couch import Database, NotFound, winning_leaf
 from .errors import LrtError
 from .states import State
 
@@ -185,6 +185,11 @@ class CreateResult:
     changed_meanwhile: int = 0
     #: dry run only: tokens that would be created
     would_create: int = 0
+    #: new tokens whose write fewer copies than the quorum accepted (a cluster's 202),
+    #: checked on every copy; those whose revision lost to another creator's count as
+    #: present and their revision was removed (``withdrawn``; docs/design.md)
+    checked: int = 0
+    withdrawn: int = 0
 
     @property
     def total(self) -> int:
@@ -203,7 +208,7 @@ class CreateResult:
                 "errors": dict(self.errors), "differ": self.differ, "differ_ids": list(self.differ_ids),
                 "differ_fields": list(self.differ_fields), "updated": self.updated,
                 "kept": dict(self.kept), "changed_meanwhile": self.changed_meanwhile,
-                "would_create": self.would_create}
+                "would_create": self.would_create, "checked": self.checked, "withdrawn": self.withdrawn}
 
 
 class CreateInterrupted(LrtError):
@@ -325,6 +330,66 @@ def _compare(db: Database, stored: Dict[str, Dict[str, Any]], mine: Mapping[str,
             res.failed += 1
             if len(res.errors) < MAX_ERRORS:
                 res.errors[doc_id] = f"update: {row.get('error')}: {row.get('reason')}"
+
+
+#: how long a creator whose first revision of a token is CouchDB's winner among the
+#: token's leaves, but was accepted by fewer copies than the write quorum, waits for
+#: the other creators to remove their leaves (seconds; docs/design.md)
+CONFIRM_WAIT = 10.0
+
+
+def _settle_unconfirmed(db: Database, revs: Dict[str, str],
+                        wait: Optional[float] = None) -> Dict[str, Tuple[str, Optional[Dict[str, Any]]]]:
+    """Decide the new tokens whose write was accepted by fewer copies than the quorum.
+
+    ``revs`` maps each such id to the revision this creator wrote.  Another
+    creator's first revision of the same id may have been accepted by the
+    other copies (and answered 201: that creator counted it without a check).
+    The leaves are read from every copy (:meth:`Database.leaves` with
+    ``all_copies``): a revision that is the only live leaf is created.  With
+    siblings, a revision that is not :func:`~lrt.couch.winning_leaf` loses
+    at once; the winner waits up to ``wait`` s for the others to remove
+    themselves and is created if they did, else it loses too (a sibling that
+    stays was answered 201).  A losing revision is deleted (one ``_bulk_docs``
+    per round for all of them), so no conflict is left behind.
+
+    Returns id -> ("created", None) | ("withdrawn", the sibling that stays) |
+    ("present", the sibling a resolver kept) | ("failed", {"error", "reason"}).
+    """
+    wait = CONFIRM_WAIT if wait is None else wait
+    deadline = time.monotonic() + wait
+    out: Dict[str, Tuple[str, Optional[Dict[str, Any]]]] = {}
+    pending = dict(revs)
+    delay = 0.05
+    while pending:
+        drop: Dict[str, Dict[str, Any]] = {}
+        for doc_id, rev in list(pending.items()):
+            leaves = [d for d in db.leaves(doc_id, all_copies=True) if not d.get("_deleted")]
+            others = [d for d in leaves if d.get("_rev") != rev]
+            if len(others) == len(leaves):  # ours is gone (a resolver kept a sibling)
+                out[doc_id] = (("present", winning_leaf(others)) if others else
+                               ("failed", {"error": "lost",
+                                           "reason": "the revision written was removed; run again"}))
+            elif not others:
+                out[doc_id] = ("created", None)
+            elif winning_leaf(leaves) in others or time.monotonic() >= deadline:
+                drop[doc_id] = winning_leaf(others) or others[0]
+            else:
+                continue
+            del pending[doc_id]
+        if drop:
+            res = db.bulk_docs([{"_id": i, "_rev": revs[i], "_deleted": True} for i in drop])
+            for doc_id, sibling in drop.items():
+                if doc_id in res.errors:  # the conflicted document stays for the resolver
+                    row = res[doc_id]
+                    out[doc_id] = ("failed", {"error": row.get("error"), "reason":
+                                              f"could not remove a losing revision: {row.get('reason')}"})
+                else:  # deleted (a 409: a resolver deleted it already)
+                    out[doc_id] = ("withdrawn", sibling)
+        if pending:
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(1.0, delay * 2)
+    return out
 
 
 class _Writers:
@@ -547,10 +612,24 @@ class TokenSet:
             if out is not None and out.conflicts:
                 # it exists (another creator, or the check was skipped): compare it too
                 stored.update(_stored_docs(wdb, out.conflicts))
+            # written by fewer copies than the quorum: another creator's may have won
+            settled = _settle_unconfirmed(wdb, {i: out[i]["rev"] for i in out.unconfirmed}) \
+                if out is not None and out.unconfirmed else {}
+            errors = dict(out.errors) if out is not None else {}
+            for doc_id, (outcome, other) in settled.items():
+                if other is None:  # created: nothing to compare
+                    continue
+                if outcome in ("present", "withdrawn"):
+                    stored[doc_id] = other  # the sibling that stays: compared like a 409
+                elif outcome == "failed":
+                    errors[doc_id] = other
             with lock:
                 if out is not None:
-                    res.created += len(out.ok)
-                    for doc_id, row in out.errors.items():
+                    res.created += len(out.ok) - len(settled) + sum(
+                        1 for r in settled.values() if r[0] == "created")
+                    res.checked += len(settled)
+                    res.withdrawn += sum(1 for r in settled.values() if r[0] == "withdrawn")
+                    for doc_id, row in errors.items():
                         res.failed += 1
                         if len(res.errors) < MAX_ERRORS:
                             res.errors[doc_id] = f"{row.get('error')}: {row.get('reason')}"

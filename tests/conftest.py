@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
@@ -35,6 +36,12 @@ RUN_ID = secrets.token_hex(3)
 #: the suite's own settings (an external server's admin password), read once and removed from
 #: the environment: no process a test starts (pilot, CLI, batch job, payload) inherits them
 TEST_ENV = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("LRT_TEST_COUCH_")}
+
+# A suite started in the background by a non-interactive shell (`pytest ... &`, nohup)
+# inherits SIGINT ignored, and so would every process it starts: the tests that stop a
+# command with SIGINT, as Ctrl-C would, then wait for nothing.  Ctrl-C means stop here.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class CouchInfo:

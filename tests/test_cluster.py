@@ -20,24 +20,34 @@ from typing import Callable, List, Optional
 import pytest
 import requests
 
-from lrt import design
 from lrt.protocol.client import TokenClient
 from lrt.protocol.conflicts import resolve_conflicts
 from lrt.protocol.decisions import lock_doc
-from lrt.tokens import conflicted_count
+from lrt.tokens import TokenSet, conflicted_count
 
-from conftest import new_db_name
-from pilot_helpers import RECORD, executions, make_tokens, poll, start_pilot, token
+from cluster_helpers import cluster_db, no_conflict_on_any_node, pilots_on_every_node
+from pilot_helpers import RECORD, executions, make_tokens, poll, token
+
+
+def is_claim(docs: List[dict]) -> bool:
+    return any(d.get("state") == "locked" and d.get("lease") for d in docs)
+
+
+def is_creation(docs: List[dict]) -> bool:
+    return any(d.get("kind") == "token" and "_rev" not in d for d in docs)
 
 
 class QuorumProxy:
     """Forwards every request to ``upstream``; a ``_bulk_docs`` that claims a token
-    (writes a ``locked`` document) is answered 202 with ``"accepted": true``, after
-    ``on_claim(docs)`` ran (the test adds there what other copies would hold)."""
+    (writes a ``locked`` document; ``match`` says which writes) is answered 202 with
+    ``"accepted": true``, after ``on_claim(docs)`` ran (the test adds there what other
+    copies would hold)."""
 
-    def __init__(self, upstream: str, on_claim: Optional[Callable[[List[dict]], None]] = None):
+    def __init__(self, upstream: str, on_claim: Optional[Callable[[List[dict]], None]] = None,
+                 match: Callable[[List[dict]], bool] = is_claim):
         self.upstream = upstream.rstrip("/")
         self.on_claim = on_claim
+        self.match = match
         self.rewritten = 0
         proxy = self
 
@@ -55,7 +65,7 @@ class QuorumProxy:
                 if (self.command == "POST" and self.path.split("?")[0].endswith("/_bulk_docs")
                         and status == 201 and body):
                     docs = json.loads(body).get("docs", [])
-                    if any(d.get("state") == "locked" and d.get("lease") for d in docs):
+                    if proxy.match(docs):
                         if proxy.on_claim:
                             proxy.on_claim(docs)
                         rows = [dict(row, accepted=True) for row in r.json()]
@@ -220,6 +230,71 @@ def test_resolver_leaves_live_locks_alone_and_is_idempotent(db):
 
 
 # ---------------------------------------------------------------------------
+# creation: a new token answered 202
+
+
+CREATE3 = "type: sw\ncommand: [a]\nid: 'sw_{i}'\nsweep: {i: {range: [0, 3]}}\n"
+
+
+def first_revision(doc: dict, h: str) -> dict:
+    """Another creator's first revision of ``doc`` with revision id ``1-<h>``: a second
+    root of the revision tree, as a copy that accepted that creator's write holds it."""
+    return dict(doc, _rev=f"1-{h}", _revisions={"start": 1, "ids": [h]}, created=doc["created"] + 1)
+
+
+def create_via(proxy, couch, db, on_create):
+    proxy.match, proxy.on_claim = is_creation, on_create
+    return TokenSet.from_text(CREATE3).create(couch.server(proxy.url).database(db.name))
+
+
+def test_a_202_new_token_alone_on_every_copy_is_created(db, couch, proxy):
+    res = create_via(proxy, couch, db, None)
+    assert proxy.rewritten == 1
+    assert (res.created, res.present, res.failed, res.checked, res.withdrawn) == (3, 0, 0, 3, 0)
+    assert [len(live(db, f"sw_{i}")) for i in range(3)] == [1, 1, 1]
+
+
+def test_a_202_new_token_beside_the_winning_first_revision_is_withdrawn(db, couch, proxy):
+    """The sibling is CouchDB's winner (highest revision id): its creator may have been
+    answered 201 and counted it; ours is removed and counted present."""
+    sibs = {}
+
+    def another_creator_won(docs):
+        sibs.update({d["_id"]: first_revision(d, "f" * 32) for d in docs})
+        assert not db.bulk_docs(list(sibs.values()), new_edits=False).errors
+
+    res = create_via(proxy, couch, db, another_creator_won)
+    assert (res.created, res.present, res.failed, res.checked, res.withdrawn) == (0, 3, 0, 3, 3)
+    for doc_id, sib in sibs.items():
+        assert [d["_rev"] for d in live(db, doc_id)] == [sib["_rev"]]
+        assert "_conflicts" not in db.get(doc_id, conflicts=True)
+
+
+def test_a_winning_202_new_token_waits_for_the_sibling_to_go(db, couch, proxy, monkeypatch):
+    """Ours is CouchDB's winner: a sibling whose creator removes it (it lost) leaves ours
+    created; one that stays (answered 201) makes ours lose after the wait."""
+    import lrt.tokens
+
+    monkeypatch.setattr(lrt.tokens, "CONFIRM_WAIT", 2.0)
+    sibs = {}
+
+    def a_loser_withdraws_one(docs):
+        sibs.update({d["_id"]: first_revision(d, "0" * 32) for d in docs})
+        assert not db.bulk_docs(list(sibs.values()), new_edits=False).errors
+
+        def later():
+            time.sleep(0.3)
+            db.bulk_docs([{"_id": "sw_0", "_rev": sibs["sw_0"]["_rev"], "_deleted": True}])
+        threading.Thread(target=later, daemon=True).start()
+
+    res = create_via(proxy, couch, db, a_loser_withdraws_one)
+    assert (res.created, res.present, res.failed, res.checked, res.withdrawn) == (1, 2, 0, 3, 2)
+    assert [d["_rev"] != sibs["sw_0"]["_rev"] for d in live(db, "sw_0")] == [True]
+    for doc_id in ("sw_1", "sw_2"):
+        assert [d["_rev"] for d in live(db, doc_id)] == [sibs[doc_id]["_rev"]]
+
+
+# ---------------------------------------------------------------------------
 # a real cluster
 
 
@@ -228,31 +303,20 @@ def test_pilots_on_every_node_run_each_token_once_and_leave_no_conflict(couch, t
     """Pilots connected to different nodes claim the same tokens from views that each
     node serves from its own copies; every token runs exactly once, and when they are
     done no document has conflicting revisions."""
-    nodes = couch.nodes
-    if len(nodes) < 2:
-        pytest.skip("set LRT_TEST_COUCH_NODES to the URLs of the cluster's nodes")
-    name = new_db_name("cluster")
-    admin = couch.server()
-    db = admin.database(name)
-    db.create()
-    try:
-        design.install(db)
+    with cluster_db(couch, "cluster") as db:
         rec = tmp_path / "rec"
         rec.mkdir()
         n = int(os.environ.get("LRT_TEST_CLUSTER_TOKENS", "300"))
         ids = make_tokens(db, (token(f"c{i:04d}", RECORD + [str(rec)]) for i in range(n)))
-        views = [couch.server(u).database(name) for u in nodes]
-        for v in views:  # every node answers the claim view before the pilots start
+        for u in couch.nodes:  # every node answers the claim view before the pilots start
+            v = couch.server(u).database(db.name)
             poll(lambda: len(v.view("lrt-claim", "todo", limit=n + 1)["rows"]) == n, timeout=120,
-                 what=f"the claim view on {v.server.url}")
-        procs = []
-        for i in range(int(os.environ.get("LRT_TEST_CLUSTER_PILOTS", str(3 * len(nodes))))):
-            url = nodes[i % len(nodes)]
-            # a small window: pilots meet on the same tokens
-            procs.append(start_pilot(couch.env(name, url), "--idle-exit", "8", "--poll", "0.5",
+                 what=f"the claim view on {u}")
+        count = int(os.environ.get("LRT_TEST_CLUSTER_PILOTS", str(3 * len(couch.nodes))))
+        # a small window: pilots meet on the same tokens
+        procs = pilots_on_every_node(couch, db, count, tmp_path, "--idle-exit", "8", "--poll", "0.5",
                                      "--batch", "5", "--lease", "60", "--reap-grace", "5",
-                                     "--stats", str(tmp_path / f"stats{i}.json"),
-                                     log=tmp_path / f"pilot{i}.log"))
+                                     "--stats", str(tmp_path / "stats{i}.json"))
         assert [p.wait(1800) for p in procs] == [0] * len(procs)
         runs = executions(rec)
         dup = [i for i, k in Counter(runs).items() if k > 1]
@@ -261,14 +325,8 @@ def test_pilots_on_every_node_run_each_token_once_and_leave_no_conflict(couch, t
         stats = [json.loads((tmp_path / f"stats{i}.json").read_text()) for i in range(len(procs))]
         print("claims", sum(s["claims"] for s in stats), "confirms", sum(s["confirms"] for s in stats),
               "dropped", sum(s["dropped"] for s in stats), "resolved", sum(s["resolved"] for s in stats))
-
-        def no_conflicts() -> bool:
-            return all(v.view("lrt", "conflicts", limit=1)["rows"] == [] for v in views)
         # every copy of every token has one live leaf, done
         for doc_id in ids:
             leaves = live(db, doc_id)
             assert [d["state"] for d in leaves] == ["done"], (doc_id, leaves)
-        poll(no_conflicts, timeout=60, what="no conflicted document on any node")
-    finally:
-        db.delete()
-        admin.close()
+        no_conflict_on_any_node(couch, db)

@@ -409,19 +409,10 @@ def test_children_on_a_cluster_run_once_and_leave_no_conflict(couch, tmp_path):
     with conflicting revisions (a conflicted child is resolved before it is decided)."""
     from collections import Counter
 
-    from conftest import new_db_name
-    from lrt import design
+    from cluster_helpers import cluster_db, no_conflict_on_any_node, pilots_on_every_node
     from pilot_helpers import RECORD, executions
 
-    nodes = couch.nodes
-    if len(nodes) < 2:
-        pytest.skip("set LRT_TEST_COUCH_NODES to the URLs of the cluster's nodes")
-    name = new_db_name("deps-cluster")
-    admin = couch.server()
-    db = admin.database(name)
-    db.create()
-    try:
-        design.install(db)
+    with cluster_db(couch, "deps-cluster") as db:
         rec = tmp_path / "rec"
         rec.mkdir()
         cmd = json.dumps(RECORD + [str(rec)])
@@ -431,22 +422,14 @@ def test_children_on_a_cluster_run_once_and_leave_no_conflict(couch, tmp_path):
         TokenSet.from_text("tokenset: cc\nid: 'cc_{n}'\nafter: {id: 'cp_{n}'}\n"
                            + base.format(t="cc")).create(db)
         TokenSet.from_text(f"tokenset: ca\nid: ca\nafter: {{tokenset: cp}}\ntype: ca\ncommand: {cmd}\n").create(db)
-        procs = []
-        for i in range(3 * len(nodes)):
-            url = nodes[i % len(nodes)]
-            procs.append(start_pilot(couch.env(name, url), "--idle-exit", "10", "--poll", "0.5",
-                                     "--batch", "5", "--lease", "30", "--reap-grace", "5",
-                                     log=tmp_path / f"pilot{i}.log"))
+        procs = pilots_on_every_node(couch, db, 3 * len(couch.nodes), tmp_path, "--idle-exit", "10",
+                                     "--poll", "0.5", "--batch", "5", "--lease", "30",
+                                     "--reap-grace", "5")
         assert [p.wait(900) for p in procs] == [0] * len(procs)
         runs = Counter(executions(rec))
         want = [f"cp_{i}" for i in range(n)] + [f"cc_{i}" for i in range(n)] + ["ca"]
         assert sorted(runs) == sorted(want) and set(runs.values()) == {1}, runs.most_common(3)
-        views = [couch.server(u).database(name) for u in nodes]
-        poll(lambda: all(v.view("lrt", "conflicts", limit=1)["rows"] == [] for v in views),
-             timeout=60, what="no conflicted document on any node")
-    finally:
-        db.delete()
-        admin.close()
+        no_conflict_on_any_node(couch, db)
 
 
 def test_set_outputs_become_inputs_and_staging_children_go_to_staging(db, tmp_path):

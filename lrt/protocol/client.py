@@ -294,9 +294,7 @@ class TokenClient:
         """True if the write of ``row`` did not reach its quorum: CouchDB marks such a
         document ``"accepted": true`` in a 202 answer; a 202 that marks none is taken
         to concern every document."""
-        if row.get("accepted"):
-            return True
-        return res.status == 202 and not any(x.get("accepted") for x in res.values())
+        return row.get("id") in res.unconfirmed
 
     # -- the single-token forms (admin commands, tests) --------------------------------
     def claim(self, doc_id: str, *, token_type: Optional[str] = None,

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator, Tuple
 
@@ -17,7 +14,8 @@ from lxml import etree
 
 from conftest import RUN_ID, new_db_name
 from lrt import design
-from pilot_helpers import ROOT, poll
+from pilot_helpers import ROOT
+from web_process import WebProcess
 
 SCHEMA_DIR = ROOT / "tests" / "data" / "uws"
 _schema = None
@@ -94,38 +92,12 @@ def tasks_dir(tmp_path) -> Path:
     return d
 
 
-class Serve:
+class Serve(WebProcess):
+    """A real ``lrt serve`` process on a free loopback port (up once it asks for a login)."""
+
     def __init__(self, couch, dbname: str, tasks: Path, log: Path):
-        from lrt.server import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.env = couch.env(dbname)
-        self.out = open(log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lrt.cli", "serve", "--port", str(self.port),
-                                      "--tasks", str(tasks), "--max-wait", "30"], cwd=str(ROOT),
-                                     env=self.env, stdin=subprocess.DEVNULL, stdout=self.out,
-                                     stderr=subprocess.STDOUT)
-        poll(self._up, timeout=60, interval=0.2, what=f"lrt serve on {self.url}")
-
-    def _up(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"lrt serve exited: {self.log.read_text()}")
-        try:
-            return requests.get(self.url + "/uws/sleeper", timeout=5).status_code == 401
-        except requests.ConnectionError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.out.close()
+        super().__init__(couch, dbname, log, ["serve", "--tasks", str(tasks), "--max-wait", "30"],
+                         "/uws/sleeper", status=401)
 
 
 @pytest.fixture

@@ -11,15 +11,13 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import requests
-
-from pilot_helpers import ROOT, make_tokens, poll, start_pilot, token
+from pilot_helpers import ROOT, make_tokens, start_pilot, token
+from web_process import WebProcess
 
 #: markup that must come out as text wherever it is shown
 XSS = '<script>window.__pwned=1</script>"><img src=x onerror="window.__pwned=2">'
@@ -58,41 +56,11 @@ def make_pool(couch: Any, db: Any, tmp: Path, docs: Optional[List[Dict[str, Any]
     run_pilot(couch.env(db.name), tmp / "pilot.log")
 
 
-class Dashboard:
+class Dashboard(WebProcess):
     """A real ``lrt dashboard`` process on a free loopback port."""
 
     def __init__(self, couch: Any, dbname: str, log: Path, *args: str):
-        from lrt.server import free_port
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = couch.env(dbname)
-        env["PYTHONPATH"] = str(ROOT)
-        self.out = open(log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "lrt.cli", "dashboard", "--port", str(self.port),
-                                      "--refresh", "1", *args], cwd=str(ROOT), env=env,
-                                     stdin=subprocess.DEVNULL, stdout=self.out, stderr=subprocess.STDOUT)
-        poll(self._up, timeout=60, interval=0.2, what=f"the dashboard on {self.url}")
-
-    def _up(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"dashboard exited: {self.log.read_text()}")
-        try:
-            return requests.get(self.url + "/api/status", timeout=5).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.out.close()
-        return self.proc.returncode
+        super().__init__(couch, dbname, log, ["dashboard", "--refresh", "1", *args], "/api/status")
 
 
 def lrt_json(couch: Any, dbname: str, *args: str) -> Any:
