@@ -241,7 +241,7 @@ def test_pilots_on_every_node_run_each_token_once_and_leave_no_conflict(couch, t
         ids = make_tokens(db, (token(f"c{i:04d}", RECORD + [str(rec)]) for i in range(n)))
         views = [couch.server(u).database(name) for u in nodes]
         for v in views:  # every node answers the claim view before the pilots start
-            poll(lambda: len(v.view("lrt-claim", "todo", limit=n + 1)["rows"]) == n, timeout=120,
+            poll(lambda: len(v.view("lrt-window", "todo", limit=n + 1)["rows"]) == n, timeout=120,
                  what=f"the claim view on {v.server.url}")
         procs = []
         for i in range(int(os.environ.get("LRT_TEST_CLUSTER_PILOTS", str(3 * len(nodes))))):
