@@ -445,7 +445,8 @@ class Payload:
     def _wait(self) -> None:
         if self._dog is not None:
             try:  # exited, not yet reaped: its pid (the group id) cannot be reused meanwhile
-                os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+                if hasattr(os, "waitid"):  # (not on macOS before Python 3.13)
+                    os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
             except ChildProcessError:
                 pass
             self._killpg(signal.SIGKILL)
