@@ -164,7 +164,7 @@ class Watchdog:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # also guards ``live`` (waiter threads end payloads)
         self._fd = -1
         self._owner = 0
         self.proc: Optional[subprocess.Popen] = None
@@ -212,14 +212,16 @@ class Watchdog:
         self.send(b"? " + mark + b"\n")
 
     def started(self, pgid: int, mark: bytes) -> None:
-        self.live[pgid] = mark
+        with self._lock:
+            self.live[pgid] = mark
         self._quiet(b"+ %d %s\n" % (pgid, mark))
 
     def failed(self, mark: bytes) -> None:
         self._quiet(b"! " + mark + b"\n")
 
     def ended(self, pgid: int) -> None:
-        self.live.pop(pgid, None)
+        with self._lock:
+            self.live.pop(pgid, None)
         self._quiet(b"- %d\n" % pgid)
 
     def _quiet(self, data: bytes) -> None:
