@@ -56,7 +56,8 @@ def _measure(srv: Target, server: Server, db: Database, n: int) -> None:
     db.bulk_docs([{"_id": f"d{i:05d}", "kind": "token", "type": "x", "state": "todo",
                    "created": i, "v": 0} for i in range(n)])
     docs = [db.get(f"d{i:05d}") for i in range(n)]
-    db.view("lrt-claim", "todo", limit=1)  # index built before measuring
+    db.view("lrt-claim", "todo", limit=1)  # indexes built before measuring
+    db.view("lrt-window", "todo", limit=1)
 
     def measure(label, fn):
         c0, t0 = srv.cpu(), time.perf_counter()
@@ -86,16 +87,20 @@ def _measure(srv: Target, server: Server, db: Database, n: int) -> None:
             res = cookie.bulk_docs([a, b])
             a["_rev"], b["_rev"] = res[a["_id"]]["rev"], res[b["_id"]]["rev"]
     measure("`_bulk_docs` of 2 documents (per token: finish + next claim), per document", pairs)
-    c0 = srv.cpu()
-    db.view("lrt-claim", "todo", limit=1)
-    print(f"| claim-view index update, per changed document (batched) | "
-          f"{(srv.cpu() - c0) / (3 * n) * 1000:.2f} | |")
-    for limit, docs_too in ((25, True), (500, True), (500, False)):
+    for ddoc in ("lrt-claim", "lrt-window"):
+        c0 = srv.cpu()
+        db.view(ddoc, "todo", limit=1)
+        print(f"| `{ddoc}/todo` index update, per changed document (batched) | "
+              f"{(srv.cpu() - c0) / (3 * n) * 1000:.2f} | |")
+    for ddoc, limit, docs_too in (("lrt-claim", 25, True), ("lrt-claim", 100, True), ("lrt-window", 100, False),
+                                  ("lrt-claim", 500, True), ("lrt-window", 500, False),
+                                  ("lrt-claim", 500, False)):
         k = max(1, n // 10)
         c0, t0 = srv.cpu(), time.perf_counter()
         for _ in range(k):
-            cookie.view("lrt-claim", "todo", limit=limit, reduce=False, include_docs=docs_too)
-        print(f"| `todo` view query, {limit} rows{' with documents' if docs_too else ''} (per query) | "
+            cookie.view(ddoc, "todo", limit=limit, reduce=False, include_docs=docs_too)
+        what = " with include_docs" if docs_too else (" (documents as values)" if ddoc == "lrt-window" else "")
+        print(f"| `{ddoc}/todo` query, {limit} rows{what} (per query) | "
               f"{(srv.cpu() - c0) / k * 1000:.2f} | {(time.perf_counter() - t0) / k * 1000:.2f} |")
 
 

@@ -42,6 +42,8 @@ VIEWS_DIR = Path(__file__).parent / "views"
 MONITOR_DDOC = "lrt"
 #: the hot claim queue and the pilot's update handlers, alone so claims never wait on monitoring
 CLAIM_DDOC = "lrt-claim"
+#: the claim window: the claim queue with each document as the row's value (read without include_docs)
+WINDOW_DDOC = "lrt-window"
 #: shards of the claim queue (the todo view key): pilots start reading at a random
 #: shard, so they spread over the queue instead of all taking its first rows
 QUEUE_SHARDS = 256

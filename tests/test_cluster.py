@@ -310,7 +310,7 @@ def test_pilots_on_every_node_run_each_token_once_and_leave_no_conflict(couch, t
         ids = make_tokens(db, (token(f"c{i:04d}", RECORD + [str(rec)]) for i in range(n)))
         for u in couch.nodes:  # every node answers the claim view before the pilots start
             v = couch.server(u).database(db.name)
-            poll(lambda: len(v.view("lrt-claim", "todo", limit=n + 1)["rows"]) == n, timeout=120,
+            poll(lambda: len(v.view("lrt-window", "todo", limit=n + 1)["rows"]) == n, timeout=120,
                  what=f"the claim view on {u}")
         count = int(os.environ.get("LRT_TEST_CLUSTER_PILOTS", str(3 * len(couch.nodes))))
         # a small window: pilots meet on the same tokens

@@ -273,6 +273,32 @@ def test_candidates_spread_pilots_over_the_queue(db):
     assert len(firsts) >= 6  # more than one window's worth: not all from the queue's head
 
 
+def test_the_window_view_is_the_claim_queue_with_documents(db):
+    """lrt-window/todo has lrt-claim/todo's rows, in its order, each with the document as indexed."""
+    now = time.time()
+    make_tokens(db, [token(f"w{i:02d}", ["true"], priority=i % 3) for i in range(30)]
+                + [token("later", ["true"], priority=9, not_before=now + 60), token("gone", ["true"], state="done")])
+    queue = db.view("lrt-claim", "todo", reduce=False)["rows"]
+    window = db.view("lrt-window", "todo", reduce=False)["rows"]
+    assert [r["key"] for r in window] == [r["key"] for r in queue] and len(queue) == 31
+    for r in window:
+        assert r["value"] == db.get(r["id"])  # _id, _rev and all: a claim from it is a conditional write
+    rows = Candidates(db, "test", batch=100)
+    rows.refresh()
+    assert {r["id"]: r["value"] for r in rows.rows}["later"] == {"nb": pytest.approx(now + 60), "dur": 0}
+
+
+def test_candidates_without_the_window_design_document(db):
+    """A database set up by an older lrt (no lrt-window): the window is read with include_docs."""
+    make_tokens(db, [token("a", ["true"]), token("b", ["true"], priority=2)])
+    ddoc = db.get("_design/lrt-window")
+    db.delete_doc("_design/lrt-window", ddoc["_rev"])
+    cands = Candidates(db, "test", batch=10)
+    row = cands.pop(db.server.now(), None)
+    assert row["id"] == "b" and row["doc"]["_rev"] == db.get("b")["_rev"]
+    assert cands._window is False
+
+
 def test_candidates_read_the_next_priority_when_the_first_is_backing_off(db):
     now = time.time()
     make_tokens(db, [token("hi", ["true"], priority=9, not_before=now + 3600), token("lo", ["true"])])
@@ -293,16 +319,18 @@ def test_conflicted_tokens_are_resolved_deterministically(db):
     db.bulk_docs([dict(t2, _rev="2-cccc")], new_edits=False)
     assert db.get("c1", conflicts=True)["_conflicts"]
     # the claim queue leaves conflicted documents out
-    ids = [r["id"] for r in db.view("lrt-claim", "todo")["rows"]]
-    assert "c1" not in ids and "c2" not in ids
+    for ddoc in ("lrt-claim", "lrt-window"):
+        ids = [r["id"] for r in db.view(ddoc, "todo")["rows"]]
+        assert "c1" not in ids and "c2" not in ids
     reps = {r["id"]: r for r in resolve_conflicts(db)}
     assert reps["c1"]["kept"] == "2-aaaa" and reps["c1"]["state"] == "done"
     assert reps["c2"]["kept"] == "2-cccc"
     c1 = db.get("c1", conflicts=True)
     assert c1["state"] == "done" and "_conflicts" not in c1
     assert "_conflicts" not in db.get("c2", conflicts=True)
-    ids = [r["id"] for r in db.view("lrt-claim", "todo")["rows"]]
-    assert "c1" not in ids and "c2" in ids
+    for ddoc in ("lrt-claim", "lrt-window"):
+        ids = [r["id"] for r in db.view(ddoc, "todo")["rows"]]
+        assert "c1" not in ids and "c2" in ids
 
 
 def test_choose_leaf_rules():

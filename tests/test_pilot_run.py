@@ -308,10 +308,11 @@ def test_reap_command(db, couch, lrt_cmd):
 
 
 @pytest.mark.parametrize("use_setpriv", [True, False])
-def test_payload_dies_with_its_pilot(tmp_path, monkeypatch, use_setpriv):
-    """Both ways of setting the parent-death signal (setpriv wrapper, preexec_fn fallback) work."""
+def test_fallback_sets_the_parent_death_signal(tmp_path, monkeypatch, use_setpriv):
+    """Without a watchdog, both ways of setting the parent-death signal (setpriv, preexec_fn) work."""
     from lrt.pilot import run as runmod
 
+    monkeypatch.setattr(runmod, "_WATCHDOG_OK", False)
     if use_setpriv:
         if runmod.death_signal_prefix() is None:
             pytest.skip("no setpriv --pdeathsig on this machine")
@@ -325,6 +326,70 @@ def test_payload_dies_with_its_pilot(tmp_path, monkeypatch, use_setpriv):
     assert p.stdout_path.read_text().strip() == str(int(signal.SIGKILL))
     with pytest.raises(FileNotFoundError):
         runmod.Payload(["no-such-program-lrt"], tmp_path, dict(os.environ))
+
+
+#: a stand-in pilot: starts payloads as the pilot does, prints their pids, then waits to be killed
+_FAKE_PILOT = r"""
+import os, subprocess, sys, time
+from pathlib import Path
+from lrt.pilot import run
+tmp = Path(sys.argv[1])
+mode = sys.argv[2]
+env = dict(os.environ, LRT_CLAIM_ID="claim-" + mode)
+# the payload forks a grandchild (same process group) and both sleep
+cmd = ["sh", "-c", "sleep 300 & echo $! > " + str(tmp / "grandchild") + "; exec sleep 300"]
+pids = []
+def payload(name):
+    wd = tmp / name
+    wd.mkdir()
+    p = run.Payload(cmd, wd, env)
+    pids.append(p.pid)
+    while not (tmp / "grandchild").exists():
+        time.sleep(0.01)
+    pids.append(int((tmp / "grandchild").read_text()))
+    (tmp / "grandchild").unlink()
+if mode == "window":   # killed after the spawn, before the watchdog learns the pid
+    dog = run.watchdog()
+    mark = b"LRT_CLAIM_ID=" + env["LRT_CLAIM_ID"].encode()
+    dog.spawning(mark)
+    pids.append(subprocess.Popen(["sleep", "300"], env=env, start_new_session=True).pid)
+elif mode == "restart":  # the watchdog dies; the next payload starts a new one that knows both
+    payload("a")
+    old = run.watchdog().proc
+    old.kill()
+    old.wait()
+    payload("b")
+    assert run.watchdog().proc.pid != old.pid
+else:
+    payload("a")
+print(" ".join(map(str, pids)), flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.parametrize("mode", ["plain", "window", "restart"])
+def test_payload_group_dies_with_a_sigkilled_pilot(tmp_path, mode):
+    """The watchdog SIGKILLs a dead pilot's payloads and what they forked: registered groups,
+    a payload started just before the pilot died (found by its claim id), and groups a
+    restarted watchdog re-learned."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    fake = subprocess.Popen([sys.executable, "-c", _FAKE_PILOT, str(tmp_path), mode], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    pids: list = []
+    try:
+        line = fake.stdout.readline()
+        pids = [int(x) for x in line.split()]
+        assert pids and all(alive(p) for p in pids), line
+        fake.kill()
+        fake.wait(10)
+        poll(lambda: not any(alive(p) for p in pids), timeout=20, what="payloads gone with their pilot")
+    finally:
+        fake.kill()
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_unexpected_pilot_error_is_recorded_not_stranded(db, couch):

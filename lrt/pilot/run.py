@@ -3,11 +3,14 @@
 The payload is an argument vector from the token, executed without a shell,
 so token content (``;``, ``$(...)``, quotes, newlines) reaches it literally.
 It runs in a session of its own (``start_new_session``) so the pilot can stop
-it *and everything it started* with one ``killpg``; on Linux it also gets
-``PR_SET_PDEATHSIG`` = SIGKILL, so a pilot killed with SIGKILL does not leave
-its payload running while the token is handed to another pilot.  (Processes
-the payload itself forks keep running in that case; batch systems clean up a
-job's process tree, and the lease makes the token safe regardless.)
+it *and everything it started* with one ``killpg``.  A pilot killed with
+SIGKILL must not leave its payload running while the token is handed to
+another pilot: a per-pilot watchdog process (:class:`Watchdog`, started once)
+learns each payload's process group over a pipe and SIGKILLs the groups it
+knows when the pipe reaches end-of-file, i.e. when the pilot is gone.  Where no
+watchdog can be started, the payload gets ``PR_SET_PDEATHSIG`` = SIGKILL
+instead (``setpriv`` or a ``preexec_fn``), which covers the payload itself but
+not what it forked.
 
 stdout/stderr go to files in the work directory; the token keeps a bounded
 tail of each and the full logs (capped) are attached to it.
@@ -22,6 +25,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -79,6 +83,168 @@ def death_signal_prefix() -> Optional[List[str]]:
             if ok:
                 _SETPRIV = [path, "--pdeathsig", "KILL", "--"]
     return _SETPRIV
+
+
+#: the watchdog's program (run with ``python -I -S``: no site, no user paths; a few ms of CPU once)
+_WATCHDOG_SRC = r"""
+import os, signal, sys
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a job-wide signal is for the pilot: end at its end
+    signal.signal(s, signal.SIG_IGN)
+fd = int(sys.argv[1])
+groups, pending, buf = set(), set(), b""
+while True:
+    try:
+        data = os.read(fd, 65536)
+    except InterruptedError:
+        continue
+    except OSError:
+        data = b""
+    if not data:
+        break
+    buf += data
+    *lines, buf = buf.split(b"\n")
+    for line in lines:
+        op, _, arg = line.partition(b" ")
+        if op == b"?":
+            pending.add(arg)
+        elif op == b"+":
+            pid, _, mark = arg.partition(b" ")
+            groups.add(int(pid))
+            pending.discard(mark)
+        elif op == b"-":
+            groups.discard(int(arg))
+        elif op == b"!":
+            pending.discard(arg)
+for g in groups:
+    try:
+        os.killpg(g, signal.SIGKILL)
+    except OSError:
+        pass
+marks = [b"\0" + m + b"\0" for m in pending if m]
+if marks:  # the pilot died between starting a payload and telling us its pid: find it by its environment
+    me = os.getuid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat("/proc/" + name).st_uid != me:
+                continue
+            with open("/proc/" + name + "/environ", "rb") as fh:
+                env = b"\0" + fh.read()
+        except OSError:
+            continue
+        if any(m in env for m in marks):
+            pid = int(name)
+            for kill in (lambda: os.killpg(os.getpgid(pid), signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+                try:
+                    kill()
+                except OSError:
+                    pass
+"""
+
+
+class Watchdog:
+    """Kills this process's payloads (their whole process groups) when this process dies.
+
+    Why: ``PR_SET_PDEATHSIG`` has to be set in the child between fork and
+    exec, which costs either a second exec per payload (``setpriv``, about
+    1 ms of CPU) or a full fork with Python code in the child (a
+    ``preexec_fn``, more).  The watchdog is started once per pilot, in a
+    session of its own (a signal to the pilot's process group does not reach
+    it); per payload the pilot writes three short lines to a pipe: ``? MARK``
+    before the spawn, ``+ PID MARK`` after it, ``- PID`` once the payload has
+    exited and its group was killed (before the zombie is reaped, so the pid
+    cannot have been reused).  The watchdog holds the only read end; when the
+    pilot is gone, for whatever reason, the read returns end-of-file and the
+    watchdog SIGKILLs every group still registered.  ``MARK`` is the payload's
+    ``LRT_CLAIM_ID=...`` environment entry: a pilot killed after the spawn but
+    before its ``+`` line leaves a payload the watchdog finds by that entry in
+    ``/proc/*/environ``.  If the watchdog itself dies, the next write fails and
+    a new one is started with the live groups.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # also guards ``live`` (waiter threads end payloads)
+        self._fd = -1
+        self._owner = 0
+        self.proc: Optional[subprocess.Popen] = None
+        self.live: Dict[int, bytes] = {}
+
+    def _start(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+        r, w = os.pipe()  # both ends non-inheritable: payloads never hold the write end
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHDOG_SRC, str(r)],
+                                         pass_fds=(r,), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+        self._fd, self._owner = w, os.getpid()
+        if self.live:
+            self._write(b"".join(b"+ %d\n" % g for g in self.live))
+
+    def _write(self, data: bytes) -> None:
+        while data:
+            data = data[os.write(self._fd, data):]
+
+    def send(self, data: bytes) -> None:
+        """One message; (re)starts the watchdog if there is none or it died.  OSError if it cannot."""
+        with self._lock:
+            if self._fd < 0 or self._owner != os.getpid():
+                self._fd = -1  # a forked child: that pipe belongs to the parent
+                self._start()
+            try:
+                self._write(data)
+            except OSError:  # EPIPE: the watchdog is gone; a new one learns the live groups first
+                self._start()
+                self._write(data)
+
+    def spawning(self, mark: bytes) -> None:
+        """Before a spawn; OSError if no watchdog can run (the caller falls back)."""
+        self.send(b"? " + mark + b"\n")
+
+    def started(self, pgid: int, mark: bytes) -> None:
+        with self._lock:
+            self.live[pgid] = mark
+        self._quiet(b"+ %d %s\n" % (pgid, mark))
+
+    def failed(self, mark: bytes) -> None:
+        self._quiet(b"! " + mark + b"\n")
+
+    def ended(self, pgid: int) -> None:
+        with self._lock:
+            self.live.pop(pgid, None)
+        self._quiet(b"- %d\n" % pgid)
+
+    def _quiet(self, data: bytes) -> None:
+        # after the spawn the payload runs either way: a watchdog that cannot be
+        # restarted now is logged, not an error of this payload
+        try:
+            self.send(data)
+        except OSError as exc:  # pragma: no cover - needs a node that stops starting processes
+            import logging
+            logging.getLogger("lrt.pilot").warning("payload watchdog unavailable: %s", exc)
+
+
+_WATCHDOG: Optional[Watchdog] = None
+#: False once a watchdog could not be started: payloads then get PR_SET_PDEATHSIG
+_WATCHDOG_OK = True
+
+
+def watchdog() -> Optional[Watchdog]:
+    """This process's watchdog (started at the first payload), or None if it cannot run."""
+    global _WATCHDOG
+    if _WATCHDOG is None and _WATCHDOG_OK:
+        _WATCHDOG = Watchdog()
+    return _WATCHDOG if _WATCHDOG_OK else None
 
 
 #: (argv[0], PATH) -> the program found on PATH last time (checked again before each use)
@@ -242,11 +408,21 @@ class Payload:
         self.killed_by: Optional[str] = None
         self.pid = 0
         resolve_executable(self.argv[0], env, workdir)  # argv itself is passed unchanged
-        prefix = death_signal_prefix()
-        if prefix is not None:
-            argv, preexec = prefix + self.argv, None
-        else:
-            argv, preexec = list(self.argv), (_set_pdeathsig if _libc is not None else None)
+        global _WATCHDOG_OK
+        self._dog = watchdog()
+        mark = ("LRT_CLAIM_ID=" + env["LRT_CLAIM_ID"]).encode() if env.get("LRT_CLAIM_ID") else b""
+        if self._dog is not None:
+            try:
+                self._dog.spawning(mark)
+            except OSError:  # no watchdog on this node (cannot start Python?): the parent-death signal
+                _WATCHDOG_OK, self._dog = False, None
+        argv, preexec = list(self.argv), None
+        if self._dog is None:
+            prefix = death_signal_prefix()
+            if prefix is not None:
+                argv = prefix + self.argv
+            else:
+                preexec = _set_pdeathsig if _libc is not None else None
         out = open(self.stdout_path, "wb")
         err = open(self.stderr_path, "wb")
         try:
@@ -255,14 +431,28 @@ class Payload:
             self.proc = subprocess.Popen(argv, cwd=str(workdir), env=dict(env),
                                          stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                          start_new_session=True, close_fds=True, preexec_fn=preexec)
+        except BaseException:
+            if self._dog is not None:
+                self._dog.failed(mark)
+            raise
         finally:
             out.close()
             err.close()
         self.pid = self.proc.pid
+        if self._dog is not None:
+            self._dog.started(self.pid, mark)
         self._waiter = threading.Thread(target=self._wait, name=f"wait-{self.pid}", daemon=True)
         self._waiter.start()
 
     def _wait(self) -> None:
+        if self._dog is not None:
+            try:  # exited, not yet reaped: its pid (the group id) cannot be reused meanwhile
+                if hasattr(os, "waitid"):  # (not on macOS before Python 3.13)
+                    os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                pass
+            self._killpg(signal.SIGKILL)
+            self._dog.ended(self.pid)
         while True:
             try:
                 _, status, usage = os.wait4(self.pid, 0)

@@ -1,13 +1,14 @@
 """The claim queue as a pilot sees it: :class:`Candidates`, a reusable window of
-claimable rows (with their documents) read from ``_design/lrt-claim/_view/todo``."""
+claimable rows (with their documents) read from ``_design/lrt-window/_view/todo``
+(``lrt-claim/todo`` with ``include_docs`` on a database set up by an older lrt)."""
 from __future__ import annotations
 
 import random
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ..couch import Database
-from ..design import CLAIM_DDOC, QUEUE_SHARDS
+from ..couch import Database, NotFound
+from ..design import CLAIM_DDOC, QUEUE_SHARDS, WINDOW_DDOC
 from .stats import Stats
 
 JSON = Dict[str, Any]
@@ -20,7 +21,8 @@ class Candidates:
     hash of the id, :data:`lrt.design.QUEUE_SHARDS` of them).  A refresh finds
     the highest priority group with one ``limit=1`` query, then reads
     ``batch`` rows of that group *starting at a random shard* (wrapping
-    around), with ``include_docs``: pilots started together read different
+    around), each with its document as the value (``lrt-window/todo``: no
+    ``include_docs`` lookup per row): pilots started together read different
     stretches of the queue instead of all fighting for its first rows, and a
     small window is cheap to read (on the local server a row with its document
     costs about 0.2 ms of server CPU, so a 500-row window cost more than the
@@ -58,6 +60,8 @@ class Candidates:
         #: (type, -priority) of the first group the last head query found, and when
         self._group: Optional[Tuple[Any, Any]] = None
         self._group_at = 0.0
+        #: False once the database turned out to have no lrt-window design document
+        self._window = True
 
     @staticmethod
     def _prio(row: JSON) -> Any:
@@ -84,8 +88,23 @@ class Candidates:
         self.rows[:n] = self.rows[k:n] + self.rows[:k]
 
     def _query(self, **params: Any) -> List[JSON]:
+        """Rows of the queue with ``doc``: from ``lrt-window/todo``, whose value is the document
+        (no ``include_docs`` lookup per row), or, on a database without that design document,
+        from ``lrt-claim/todo`` with ``include_docs``."""
         self.stats.view_queries += 1
-        rows: List[JSON] = self.db.view(CLAIM_DDOC, "todo", reduce=False, **params).get("rows", [])
+        rows: List[JSON]
+        if self._window:
+            try:
+                rows = self.db.view(WINDOW_DDOC, "todo", reduce=False, **params).get("rows", [])
+            except NotFound:  # installed by an older lrt: `lrt views install` adds it
+                self._window = False
+            else:
+                for r in rows:
+                    d = r["doc"] = r.get("value") or {}
+                    r["value"] = {"nb": d.get("not_before") or 0, "dur": d.get("expected_duration") or 0}
+                return rows
+        rows = self.db.view(CLAIM_DDOC, "todo", reduce=False, include_docs=True, conflicts=True,
+                            **params).get("rows", [])
         return rows
 
     def refresh(self, server_now: Optional[float] = None, remaining: Optional[float] = None) -> None:
@@ -104,11 +123,9 @@ class Candidates:
                 if not rows:
                     self._group, self._group_at = (t, p), time.monotonic()
             shard = random.randrange(QUEUE_SHARDS)
-            got = self._query(startkey=[t, p, shard], endkey=[t, p, {}], limit=self.batch,
-                              include_docs=True, conflicts=True)
+            got = self._query(startkey=[t, p, shard], endkey=[t, p, {}], limit=self.batch)
             if len(got) < self.batch and shard > 0:  # wrap around to the group's first shards
-                got += self._query(startkey=[t, p], endkey=[t, p, shard], limit=self.batch - len(got),
-                                   include_docs=True, conflicts=True)
+                got += self._query(startkey=[t, p], endkey=[t, p, shard], limit=self.batch - len(got))
             if known is not None and not got:  # the remembered group is used up: look again
                 self._group = None
                 continue
