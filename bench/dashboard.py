@@ -190,7 +190,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
                 def make_db():
                     return Server(server.url, env.get("LRT_COUCH_USER") or server.user,
-                                  env.get("LRT_COUCH_PASSWORD"), verify=server.session.verify).database(name)
+                                  env.get("LRT_COUCH_PASSWORD"), verify=server.verify).database(name)
 
                 print(f"N={n}: read model (direct call, warm index)   median ms  (min, max)")
                 for label, fn in read_models(db):

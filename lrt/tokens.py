@@ -27,13 +27,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import states
-from .config import Item, TokenConfig
 from .couch import Database, NotFound
 from .errors import LrtError
+from .queries.status import conflicted_count, status_counts  # noqa: F401  (here since the start)
 from .states import State
+
+if TYPE_CHECKING:  # the config parser (and the staging modules it needs) only where a config is read
+    from .config import Item, TokenConfig
 
 #: token document schema version (docs/tokens.md)
 SCHEMA = 1
@@ -440,11 +443,15 @@ class TokenSet:
     @classmethod
     def from_config(cls, path: Union[str, Path], files: Optional[Union[str, Path]] = None) -> "TokenSet":
         """Load and validate a config (and its file list); ``files`` overrides ``files.list``."""
+        from .config import TokenConfig
+
         return cls(TokenConfig.load(path, files=files))
 
     @classmethod
     def from_text(cls, text: str, path: str = "<config>", base_dir: Union[str, Path, None] = None,
                   files: Optional[Union[str, Path]] = None) -> "TokenSet":
+        from .config import TokenConfig
+
         return cls(TokenConfig.from_text(text, path=path, base_dir=base_dir, files=files))
 
     @property
@@ -648,40 +655,6 @@ def _need_views(db: Database, exc: NotFound) -> LrtError:
         return LrtError(f"database {db.name} does not exist on {db.server.url} "
                         "(create tokens with `lrt create CONFIG` first)")
     return LrtError(f"lrt's views are not installed in database {db.name}: run `lrt views install`")
-
-
-def status_counts(db: Database, type: Optional[str] = None) -> Dict[str, Dict[str, int]]:
-    """Token counts per type and state (one reduce query, ``group_level=2``).
-
-    Returns ``{type: {state: count}}``, only non-zero counts.
-    """
-    try:
-        rows = db.view("lrt", "tokens", group_level=2).get("rows", [])
-    except NotFound as exc:
-        raise _need_views(db, exc) from None
-    out: Dict[str, Dict[str, int]] = {}
-    for row in rows:
-        key = row.get("key") or []
-        if len(key) < 2:
-            continue
-        state, ttype = key[0], key[1]
-        if type is not None and ttype != type:
-            continue
-        out.setdefault(ttype, {})[state] = out.get(ttype, {}).get(state, 0) + int(row["value"])
-    return out
-
-
-def conflicted_count(db: Database) -> int:
-    """How many documents have conflicting revisions (possible on a CouchDB cluster).
-
-    The ``total_rows`` of the ``lrt/conflicts`` view read with ``limit=0``: no
-    row is sent.  Pilots resolve such tokens in their housekeeping, ``lrt reap``
-    on demand; a count that stays above zero points at a problem.
-    """
-    try:
-        return int(db.view("lrt", "conflicts", limit=0).get("total_rows") or 0)
-    except NotFound as exc:
-        raise _need_views(db, exc) from None
 
 
 @dataclass

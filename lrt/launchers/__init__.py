@@ -427,7 +427,7 @@ def launch_dir(launch_id: str, base: Optional[str] = None) -> Path:
     return d
 
 
-RECORD_PREFIX = "launch:"
+from ..queries.pilots import LAUNCH_PREFIX as RECORD_PREFIX  # noqa: E402  (read there too)
 
 
 def record_launch(db: Any, launch_id: str, system: str, batch_id: Optional[str], count: int,
@@ -544,6 +544,8 @@ def launch_summary(db: Any, limit: int = 20) -> List[Dict[str, Any]]:
     know them either).
     """
     docs = launch_records(db, limit=limit)
+    if not docs:
+        return []  # (without importing the launchers: `lrt status` starts faster)
     from . import local as _local
     from . import slurm as _slurm
 
