@@ -929,7 +929,25 @@ class Database:
         if not new_edits:
             body["new_edits"] = False
         path = self._p("_bulk_docs")
-        resp = self.server.request("POST", path, json_body=body)
+        return self._bulk_result(self.server.request("POST", path, json_body=body), path, ids, new_edits)
+
+    def bulk_docs_encoded(self, ids: Sequence[str], docs: Sequence[bytes]) -> BulkResult:
+        """:meth:`bulk_docs` of documents already encoded as JSON objects (``docs[i]``
+        is the document whose ``_id`` is ``ids[i]``, unique in the call).
+
+        For bulk creation, which encodes its documents from a template
+        (:class:`lrt.tokens.DocEncoder`) instead of building and encoding each.
+        """
+        if len(ids) != len(docs):
+            raise ValueError("one id per encoded document")
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate _id in one _bulk_docs batch")
+        path = self._p("_bulk_docs")
+        body = b'{"docs":[' + b",".join(docs) + b"]}"
+        resp = self.server.request("POST", path, data=body, headers={"Content-Type": "application/json"})
+        return self._bulk_result(resp, path, ids, True)
+
+    def _bulk_result(self, resp: Any, path: str, ids: Sequence[Any], new_edits: bool) -> BulkResult:
         rows = self.server.decode(resp, "POST", path)
         out = BulkResult()
         out.status = resp.status_code

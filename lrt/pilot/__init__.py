@@ -1,7 +1,7 @@
 """The pilot: claims tokens, runs their payloads, reports back (worker-node side).
 
-Pilot path: this package imports only the standard library, ``requests`` and
-``pyyaml`` (``gfal2`` lazily, for staging).  Submodules:
+Pilot path: this package imports only the standard library and ``pyyaml``
+(``gfal2`` lazily, for staging; ``requests`` lazily, for a sandbox given by URL).  Submodules:
 
 * :mod:`lrt.pilot.claim` -- the token protocol (update handlers), candidates,
   reaping and conflict resolution;
