@@ -230,6 +230,9 @@ class _Response:
                     raise CouchConnectionError(f"lost the connection to CouchDB while reading "
                                                f"{self._where} ({_failure_kind(exc)})") from None
                 if not chunk:
+                    if raw.length:  # http.client's read(n) ends quietly at an early EOF
+                        raise CouchConnectionError(f"lost the connection to CouchDB while reading "
+                                                   f"{self._where} ({raw.length} bytes missing)")
                     break
                 yield chunk
         finally:
