@@ -161,6 +161,36 @@ def child(cfg: Path, n: int, batch: int, materialize: bool = False) -> None:
     print(json.dumps({"n": n, "maxrss_kb": rss, "rss_before_kb": rss0, "seconds": dt}))
 
 
+def client_only(n: int, batch: int) -> None:
+    """Client CPU per token and peak RSS without a server: the validation pass, then every
+    batch's ``_bulk_docs`` body encoded from the template (what ``TokenSet.create`` does),
+    then the same bodies the way it did before (``new_token`` dicts and ``json.dumps``)."""
+    from lrt.tokens import DocEncoder, _batched, new_token
+
+    with tempfile.TemporaryDirectory(prefix="lrt-bench-") as tmpd:
+        ts = TokenSet.from_config(write_config(Path(tmpd), n))
+    rss0 = peak_rss_kb()
+    t0 = time.process_time()
+    ts.validate()
+    t1 = time.process_time()
+    enc = DocEncoder(ts.config)
+    size = 0
+    for items in _batched(ts.config.items(), batch):
+        now = time.time()
+        size += len(b'{"docs":[' + b",".join([enc.encode(it, now) for it in items]) + b"]}")
+    t2 = time.process_time()
+    rss = peak_rss_kb()
+    dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+    for items in _batched(ts.config.items(), batch):
+        now = time.time()
+        dumps({"docs": [new_token(ts.config, it, now, share=True) for it in items]}).encode()
+    t3 = time.process_time()
+    us = lambda dt: dt / n * 1e6  # noqa: E731
+    print(f"N={n}: validate {us(t1 - t0):.1f} us/token; template encoding {us(t2 - t1):.1f} us/token "
+          f"({size / n:.0f} bytes); dicts + json.dumps (before) {us(t3 - t2):.1f} us/token; peak RSS "
+          f"{rss0 / 1024:.1f} MiB after imports, {rss / 1024:.1f} MiB after validating and encoding")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100_000, help="tokens per throughput run")
@@ -171,12 +201,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="comma-separated concurrencies of TokenSet.create to measure")
     ap.add_argument("--interrupts", type=int, default=0, metavar="K",
                     help="also measure K interrupted `lrt create` runs")
+    ap.add_argument("--client-only", action="store_true",
+                    help="no server: client CPU per token (validation, encoding) and peak RSS at --n")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--materialize", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
         child(Path(a.config), a.n, a.batch_size, a.materialize)
+        return 0
+    if a.client_only:
+        client_only(a.n, a.batch_size)
         return 0
 
     with tempfile.TemporaryDirectory(prefix="lrt-bench-") as tmpd:

@@ -423,7 +423,7 @@ class _Batch:
 
 
 class _Writers:
-    """``n`` daemon threads writing batches, each through its own HTTP session.
+    """``n`` daemon threads writing batches, each through its own connection pool.
 
     Daemon threads and bounded waits, not a ThreadPoolExecutor: its shutdown
     waits for every running request without a limit, which is how one Ctrl-C
@@ -596,7 +596,7 @@ class TokenSet:
         """Create the tokens that do not exist yet, ``batch_size`` per ``_bulk_docs``.
 
         ``concurrency`` batches are written at once, each by a thread with its own
-        HTTP session (default: :func:`default_concurrency`, chosen per server), while
+        connection pool (default: :func:`default_concurrency`, chosen per server), while
         this thread builds the next batch; memory is about ``concurrency + 2``
         batches whatever the size of the set.  ``progress(done, total)`` is called
         after each batch.
