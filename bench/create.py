@@ -25,6 +25,7 @@ LRT_COUCH_USER / LRT_COUCH_PASSWORD[_FILE] are used, and databases named
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -76,17 +77,33 @@ def write_config(tmp: Path, n: int) -> Path:
     return p
 
 
-def run_raw(server: Server, docs: List[Dict[str, Any]], batch: int, tag: str) -> Dict[str, float]:
+#: above this N the raw run builds each batch (untimed) instead of holding all documents
+PREBUILT_MAX = 200_000
+
+
+def run_raw(server: Server, cfg: Path, n: int, batch: int, tag: str,
+            prebuilt: Optional[List[Dict[str, Any]]] = None) -> Dict[str, float]:
+    """One ``_bulk_docs`` stream of the documents lrt writes: ``prebuilt`` (all in
+    memory), or for a large N each batch built before its request with the clock
+    stopped, so only encoding, the request and the server's work are timed.  (The
+    server is idle while a batch is built, which lets CouchDB's background indexer
+    catch up unseen: that favours the raw run, so up to :data:`PREBUILT_MAX` the
+    documents are built before the database exists.)"""
     db = fresh_db(server, tag)
     try:
         req0 = server.requests_sent
-        t0 = time.perf_counter()
+        dt = 0.0
         ok = 0
-        for i in range(0, len(docs), batch):
-            ok += len(db.bulk_docs(docs[i:i + batch]).ok)
-        dt = time.perf_counter() - t0
-        assert ok == len(docs), (ok, len(docs))
-        return {"seconds": dt, "rate": len(docs) / dt, "requests": server.requests_sent - req0}
+        docs = iter(prebuilt if prebuilt is not None else TokenSet.from_config(cfg))
+        while True:
+            chunk = list(itertools.islice(docs, batch))
+            if not chunk:
+                break
+            t0 = time.perf_counter()
+            ok += len(db.bulk_docs(chunk).ok)
+            dt += time.perf_counter() - t0
+        assert ok == n, (ok, n)
+        return {"seconds": dt, "rate": n / dt, "requests": server.requests_sent - req0}
     finally:
         db.delete()
 
@@ -151,6 +168,36 @@ def child(cfg: Path, n: int, batch: int, materialize: bool = False) -> None:
     print(json.dumps({"n": n, "maxrss_kb": rss, "rss_before_kb": rss0, "seconds": dt}))
 
 
+def client_only(n: int, batch: int) -> None:
+    """Client CPU per token and peak RSS without a server: the validation pass, then every
+    batch's ``_bulk_docs`` body encoded from the template (what ``TokenSet.create`` does),
+    then the same bodies the way it did before (``new_token`` dicts and ``json.dumps``)."""
+    from lrt.tokens import DocEncoder, _batched, new_token
+
+    with tempfile.TemporaryDirectory(prefix="lrt-bench-") as tmpd:
+        ts = TokenSet.from_config(write_config(Path(tmpd), n))
+    rss0 = peak_rss_kb()
+    t0 = time.process_time()
+    ts.validate()
+    t1 = time.process_time()
+    enc = DocEncoder(ts.config)
+    size = 0
+    for items in _batched(ts.config.items(), batch):
+        now = time.time()
+        size += len(b'{"docs":[' + b",".join([enc.encode(it, now) for it in items]) + b"]}")
+    t2 = time.process_time()
+    rss = peak_rss_kb()
+    dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+    for items in _batched(ts.config.items(), batch):
+        now = time.time()
+        dumps({"docs": [new_token(ts.config, it, now, share=True) for it in items]}).encode()
+    t3 = time.process_time()
+    us = lambda dt: dt / n * 1e6  # noqa: E731
+    print(f"N={n}: validate {us(t1 - t0):.1f} us/token; template encoding {us(t2 - t1):.1f} us/token "
+          f"({size / n:.0f} bytes); dicts + json.dumps (before) {us(t3 - t2):.1f} us/token; peak RSS "
+          f"{rss0 / 1024:.1f} MiB after imports, {rss / 1024:.1f} MiB after validating and encoding")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100_000, help="tokens per throughput run")
@@ -161,12 +208,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="comma-separated concurrencies of TokenSet.create to measure")
     ap.add_argument("--interrupts", type=int, default=0, metavar="K",
                     help="also measure K interrupted `lrt create` runs")
+    ap.add_argument("--client-only", action="store_true",
+                    help="no server: client CPU per token (validation, encoding) and peak RSS at --n")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--materialize", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
         child(Path(a.config), a.n, a.batch_size, a.materialize)
+        return 0
+    if a.client_only:
+        client_only(a.n, a.batch_size)
         return 0
 
     with tempfile.TemporaryDirectory(prefix="lrt-bench-") as tmpd:
@@ -178,22 +230,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"at {server.url}; python {sys.version.split()[0]}; batch {a.batch_size}")
             if not a.no_throughput:
                 cfg = write_config(tmp, a.n)
-                docs = list(TokenSet.from_config(cfg))  # the very documents lrt writes
                 from lrt.tokens import default_concurrency
 
+                # the very documents lrt writes, built before any database exists
+                prebuilt = list(TokenSet.from_config(cfg)) if a.n <= PREBUILT_MAX else None
                 conc = [int(x) for x in a.concurrency.split(",") if x]
                 chosen = default_concurrency(server.database("_users"))
                 runs: Dict[str, List[Dict[str, float]]] = {"raw": []}
                 order = ["raw"] + [f"c{c}" for c in conc] + [f"c{c}" for c in reversed(conc)] + ["raw"]
                 for i, kind in enumerate(order):
                     if kind == "raw":
-                        r = run_raw(server, docs, a.batch_size, f"raw{i}")
+                        r = run_raw(server, cfg, a.n, a.batch_size, f"raw{i}", prebuilt)
                     else:
                         r = run_lrt(server, cfg, a.n, a.batch_size, f"lrt{i}", int(kind[1:]))
                     runs.setdefault(kind, []).append(r)
                     print(f"  {kind:3s} run {i + 1}: {a.n} tokens in {r['seconds']:.1f} s = "
                           f"{r['rate']:.0f} tokens/s ({r['requests']} requests)")
-                del docs
                 raw = sum(r["rate"] for r in runs["raw"]) / 2
                 print(f"throughput at N={a.n}: raw _bulk_docs (one stream) {raw:.0f} tokens/s")
                 for c in conc:

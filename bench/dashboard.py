@@ -254,7 +254,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
                 def make_db():
                     s = ShiftedServer(server.url, env.get("LRT_COUCH_USER") or server.user,
-                                      env.get("LRT_COUCH_PASSWORD"), verify=server.session.verify)
+                                      env.get("LRT_COUCH_PASSWORD"), verify=server.verify)
                     s.shift = shift
                     return s.database(name)
 

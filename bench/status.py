@@ -24,6 +24,8 @@ Starts its own local server in a temporary folder unless LRT_BENCH_COUCH_URL
     git archive c12dedd | tar -x -C /tmp/base && python3 bench/status.py --sizes "" --compare-with /tmp/base
     LRT_BENCH_COUCH_URL=http://127.0.0.1:5984 python3 bench/status.py --sizes 1000000 --keep
         # --keep: the database (lrt_bench_status_N) is kept, and reused by the next --keep run
+    LRT_BENCH_COUCH_URL=http://127.0.0.1:5984 python3 bench/status.py --sizes "" --db NAME --compare-with DIR
+        # --db: `lrt status` on an existing database (only read), in turns with the start-up runs
 """
 from __future__ import annotations
 
@@ -87,7 +89,17 @@ def spread(xs: List[float]) -> str:
     return f"min {min(xs) * 1000:.0f} ms, median {statistics.median(xs) * 1000:.0f} ms"
 
 
-def startup(env: dict, tmp: Path, runs: int, others: List[Path]) -> None:
+def LABELS(db: Optional[str]) -> List["tuple[str, List[str]]"]:
+    """The commands start-up times: the interpreter, ``lrt --version``, and with ``db``
+    ``lrt status`` on that (existing) database."""
+    out = [("python -c pass", [sys.executable, "-c", "pass"]),
+           ("lrt --version", [sys.executable, "-m", "lrt.cli", "--version"])]
+    if db:
+        out.append(("lrt status", [sys.executable, "-m", "lrt.cli", "--db", db, "status"]))
+    return out
+
+
+def startup(env: dict, tmp: Path, runs: int, others: List[Path], db: Optional[str] = None) -> None:
     """Start-up figures (see the module docstring) of this checkout and of ``others``
     (other checkouts, e.g. an older commit), measured in turns so that they share the
     machine's load."""
@@ -106,8 +118,7 @@ def startup(env: dict, tmp: Path, runs: int, others: List[Path]) -> None:
     for _ in range(runs):
         for t in trees:
             tenv = dict(env, PYTHONPATH=str(t))
-            for label, argv in (("python -c pass", [sys.executable, "-c", "pass"]),
-                                ("lrt --version", [sys.executable, "-m", "lrt.cli", "--version"])):
+            for label, argv in LABELS(db):
                 w, c, _o, e, rc = timed(argv, tenv, cwd=t)
                 assert rc == 0, e
                 figures.setdefault((t, label, "wall"), []).append(w)
@@ -121,7 +132,7 @@ def startup(env: dict, tmp: Path, runs: int, others: List[Path]) -> None:
     for t in trees:
         name = "this checkout" if t == ROOT else str(t)
         print(f"start-up of {name} ({runs} runs each):")
-        for label in ("python -c pass", "lrt --version"):
+        for label, _argv in LABELS(db):
             print(f"  {label:<16} wall {spread(figures[(t, label, 'wall')])}; "
                   f"CPU {spread(figures[(t, label, 'cpu')])}")
         print(f"  pilot CPU before its first connection: {spread(figures[(t, 'pilot', 'cpu')])}")
@@ -151,6 +162,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--compare-with", action="append", default=[], metavar="DIR",
                     help="also measure the start-up of another checkout (e.g. `git archive` of an "
                          "older commit), in turns with this one")
+    ap.add_argument("--db", help="also time `lrt status` on this existing database (read only), "
+                    "in turns with the start-up runs")
     ap.add_argument("--keep", action="store_true", help="keep each database (lrt_bench_status_N) and "
                     "reuse it if it holds N tokens already (then 'created' is not measured)")
     a = ap.parse_args(argv)
@@ -160,7 +173,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             info = server.info()
             print(f"server: {info.get('vendor', {}).get('name', '?')} {info.get('version', '?')} "
                   f"at {server.url}; python {sys.version.split()[0]}")
-            startup(env, tmp, a.runs, [Path(x).resolve() for x in a.compare_with])
+            if a.db:
+                st = status_json(server.database(a.db))
+                times = []
+                for _ in range(a.repeat):
+                    t0 = time.perf_counter()
+                    status_json(server.database(a.db))
+                    times.append(time.perf_counter() - t0)
+                print(f"--db {a.db}: {st['total']} tokens; warm status_json median "
+                      f"{statistics.median(times) * 1000:.0f} ms (min {min(times) * 1000:.0f}, "
+                      f"max {max(times) * 1000:.0f}, {a.repeat} calls)")
+            startup(env, tmp, a.runs, [Path(x).resolve() for x in a.compare_with], a.db)
             for n in [int(x) for x in a.sizes.split(",") if x]:
                 db = server.database(f"lrt_bench_status_{n}" + ("" if a.keep else f"_{os.getpid()}"))
                 reuse = a.keep and db.exists() and status_json(db)["total"] == n

@@ -1,7 +1,7 @@
 """lrt: a CouchDB token-pool pilot framework for grids and HPC clusters.
 
 The public API is imported lazily so that the pilot path (``lrt.pilot``) pulls in
-only the standard library, ``requests`` and ``pyyaml``.
+only the standard library and ``pyyaml`` (lrt.couch speaks HTTP through http.client).
 """
 from typing import Any
 

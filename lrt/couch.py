@@ -1,29 +1,30 @@
 """The CouchDB HTTP protocol, in one module.
 
-A thin layer over :class:`requests.Session` written to Apache CouchDB 3.x's
+A thin layer over :mod:`http.client` written to Apache CouchDB 3.x's
 documented semantics.  We do not use ``cloudant`` (archived) or ``couchdb``
 (couchdb-python, unmaintained since 2018): both are heavier than what a pilot
 needs and neither is maintained.  This layer gives:
 
-* connection pooling (one ``Session`` per :class:`Server`),
+* connection pooling (a small pool of keep-alive connections per :class:`Server`,
+  shared by threads),
 * timeouts on every request (connect, read),
 * retries with exponential backoff and full jitter on connection errors, 5xx
   and 429 (``Retry-After`` honoured) -- never on 409, never on 401/403: Apache
   CouchDB 3.5 locks an account after repeated authentication failures, so a
   fleet of pilots retrying a wrong password would lock it for everybody,
+* cookie authentication (one ``POST /_session``, then the ``AuthSession`` cookie),
+* streamed uploads and downloads (attachments),
 * one exception hierarchy rooted at :class:`CouchError`,
 * credentials that never appear in ``repr``, logs or exception messages.
 
-Requests with an in-memory body and no streaming (every request a pilot makes
-per token) are sent over a small pool of :mod:`http.client` connections of the
-same :class:`Server` (:class:`_FastTransport`), with the session's credentials
-and cookie jar: requests/urllib3 cost about 1 ms of client CPU per request
-against 0.3 ms for http.client (bench/pilots.py --profile, docs/benchmarks.md).
-Everything else (streamed bodies and downloads, the login) goes through the
-``requests`` session.  Both paths share one retry loop and one error mapping.
+Why not ``requests``: importing requests/urllib3 costs about 0.1 s of CPU at
+every start of a command or a pilot (``lrt status`` would spend most of its
+time importing it), and each request through it about 1 ms of client CPU
+against 0.3 ms for http.client (bench/pilots.py --profile, bench/status.py,
+docs/benchmarks.md).  CouchDB's API needs none of what requests adds: JSON
+bodies, a cookie, no redirects, no proxies (``trust_env`` was off anyway).
 
-Only the standard library and ``requests`` are imported: this module is on the
-pilot path.
+Only the standard library is imported: this module is on the pilot path.
 """
 from __future__ import annotations
 
@@ -34,21 +35,20 @@ import logging
 import random
 import select
 import socket
-import ssl
 import threading
 import time
 import urllib.parse
 from email.utils import parsedate_to_datetime
-from typing import IO, Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast
-
-import requests
-from requests.adapters import HTTPAdapter
+from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 from .errors import LrtError
 
 log = logging.getLogger("lrt.couch")
 
 JSON = Dict[str, Any]
+
+#: what every request announces
+USER_AGENT = "lrt (http.client)"
 
 # ---------------------------------------------------------------------------
 # exceptions
@@ -131,11 +131,26 @@ def redact_url(url: str, keep_query: bool = True) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
-class _Auth(requests.auth.HTTPBasicAuth):
-    """Basic auth whose ``repr`` never shows the password."""
+class _Auth:
+    """Basic-auth credentials whose ``repr`` never shows the password."""
+
+    __slots__ = ("username", "password", "header")
+
+    def __init__(self, username: str, password: str):
+        self.username = username
+        self.password = password
+        #: the ``Authorization`` header value
+        self.header = basic_header(username, password)
 
     def __repr__(self) -> str:  # pragma: no cover - trivial
         return f"<BasicAuth user={self.username!r} password=***>"
+
+
+def basic_header(user: Union[str, bytes], password: Union[str, bytes]) -> str:
+    """The ``Authorization`` value for HTTP basic auth (latin-1, as requests encoded it)."""
+    raw = (user if isinstance(user, bytes) else str(user).encode("latin1")) + b":" + \
+        (password if isinstance(password, bytes) else str(password).encode("latin1"))
+    return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
 def quote_id(doc_id: str) -> str:
@@ -186,15 +201,58 @@ def _encode_params(params: Optional[Mapping[str, Any]]) -> Optional[Dict[str, st
 
 
 class _Response:
-    """What :meth:`Server.request` answers on the fast path: the parts of
-    :class:`requests.Response` this module uses (status, headers, body)."""
+    """What :meth:`Server.request` answers: ``status_code``, ``headers`` (with a
+    case-insensitive ``.get``), ``content``, ``text``, ``json()``.
 
-    __slots__ = ("status_code", "headers", "content")
+    A streamed response (``stream=True``) keeps its connection until the body
+    has been read (:attr:`content`, or :meth:`iter_content` to its end) or the
+    response is closed; a connection whose body was read to the end goes back
+    to the pool.
+    """
 
-    def __init__(self, status: int, headers: http.client.HTTPMessage, content: bytes):
+    __slots__ = ("status_code", "headers", "_content", "_raw", "_release", "_where")
+
+    def __init__(self, status: int, headers: http.client.HTTPMessage, content: Optional[bytes] = None,
+                 raw: Optional[http.client.HTTPResponse] = None,
+                 release: Optional[Callable[[bool], None]] = None, where: str = ""):
         self.status_code = status
-        self.headers = headers  # case-insensitive .get, like requests' headers
-        self.content = content
+        self.headers = headers
+        self._content = content
+        self._raw = raw
+        self._release = release
+        self._where = where
+
+    @property
+    def content(self) -> bytes:
+        if self._content is None:
+            self._content = b"".join(self.iter_content(1 << 20))
+        return self._content
+
+    def iter_content(self, chunk_size: int) -> Iterator[bytes]:
+        """The body in chunks of at most ``chunk_size`` bytes; a connection lost on
+        the way raises :class:`CouchConnectionError`."""
+        raw = self._raw
+        if raw is None:
+            if self._content:
+                yield self._content
+            return
+        try:
+            while True:
+                try:
+                    chunk = raw.read(chunk_size)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise CouchConnectionError(f"lost the connection to CouchDB while reading "
+                                               f"{self._where} ({_failure_kind(exc)})") from None
+                if not chunk:
+                    if raw.length:  # http.client's read(n) ends quietly at an early EOF
+                        raise CouchConnectionError(f"lost the connection to CouchDB while reading "
+                                                   f"{self._where} ({raw.length} bytes missing)")
+                    break
+                yield chunk
+        finally:
+            self.close()
+        if self._content is None:
+            self._content = b""
 
     def json(self) -> Any:
         return json.loads(self.content)
@@ -204,7 +262,9 @@ class _Response:
         return self.content.decode("utf-8", errors="replace")
 
     def close(self) -> None:
-        pass
+        raw, self._raw = self._raw, None
+        if raw is not None and self._release is not None:
+            self._release(raw.isclosed())  # read to the end: the connection can be reused
 
 
 class _FastTransport:
@@ -227,20 +287,22 @@ class _FastTransport:
         self.maxsize = maxsize
         self._idle: List[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
-        self._ctx: Optional[ssl.SSLContext] = None
+        self._ctx: Any = None
 
-    def _context(self) -> ssl.SSLContext:
+    def _context(self) -> Any:
         if self._ctx is None:
+            import ssl
+
             if self.verify is False:
                 ctx = ssl.create_default_context()
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
-            else:  # the CA bundle requests would use (certifi's for True)
-                from requests.utils import DEFAULT_CA_BUNDLE_PATH
-
-                ca = DEFAULT_CA_BUNDLE_PATH if self.verify is True else str(self.verify)
-                ctx = ssl.create_default_context(cafile=None if ca and _isdir(ca) else ca,
-                                                 capath=ca if ca and _isdir(ca) else None)
+            elif self.verify is True:
+                ctx = ssl.create_default_context(cafile=_default_ca_bundle())
+            else:
+                ca = str(self.verify)
+                ctx = ssl.create_default_context(cafile=None if _isdir(ca) else ca,
+                                                 capath=ca if _isdir(ca) else None)
             self._ctx = ctx
         return self._ctx
 
@@ -260,12 +322,25 @@ class _FastTransport:
             conn.close()
         if self.https:
             return http.client.HTTPSConnection(self.host, self.port, timeout=connect_timeout,
-                                               context=self._context())
-        return http.client.HTTPConnection(self.host, self.port, timeout=connect_timeout)
+                                               context=self._context(), blocksize=1 << 16)
+        return http.client.HTTPConnection(self.host, self.port, timeout=connect_timeout,
+                                          blocksize=1 << 16)
 
-    def send(self, method: str, path: str, body: Optional[bytes], headers: Mapping[str, str],
-             timeout: Tuple[float, float]) -> _Response:
-        """One request; OSError / http.client.HTTPException on connection failures."""
+    def _put(self, conn: http.client.HTTPConnection, r: http.client.HTTPResponse, reuse: bool) -> None:
+        if reuse and not r.will_close:
+            with self._lock:
+                if len(self._idle) < self.maxsize:
+                    self._idle.append(conn)
+                    return
+        conn.close()
+
+    def send(self, method: str, path: str, body: Any, headers: Mapping[str, str],
+             timeout: Tuple[float, float], stream: bool = False) -> _Response:
+        """One request; OSError / http.client.HTTPException on connection failures.
+
+        ``body``: None, bytes or a binary file object (sent in blocks).
+        ``stream``: the answer's body is left to be read from the response.
+        """
         conn = self._get(timeout[0])
         try:
             if conn.sock is None:
@@ -275,19 +350,14 @@ class _FastTransport:
             conn.sock.settimeout(timeout[1])
             conn.request(method, self.base_path + path, body=body, headers=headers)
             r = conn.getresponse()
+            if stream and method != "HEAD":
+                return _Response(r.status, r.headers, raw=r, where=f"{method} {path.split('?')[0]}",
+                                 release=lambda reuse: self._put(conn, r, reuse))
             content = r.read()
         except BaseException:
             conn.close()
             raise
-        if r.will_close:
-            conn.close()
-        else:
-            with self._lock:
-                if len(self._idle) < self.maxsize:
-                    self._idle.append(conn)
-                    conn = None  # type: ignore[assignment]
-            if conn is not None:
-                conn.close()
+        self._put(conn, r, True)
         return _Response(r.status, r.headers, content)
 
     def close(self) -> None:
@@ -303,22 +373,31 @@ def _isdir(path: str) -> bool:
     return os.path.isdir(path)
 
 
-def _failure_kind(exc: BaseException) -> str:
-    """One name for a failed connection whichever transport met it: ``Timeout`` or
-    ``ConnectionError`` (requests' own names; http.client raises OSErrors)."""
-    if isinstance(exc, requests.RequestException):
-        return "Timeout" if isinstance(exc, requests.Timeout) else "ConnectionError"
-    return "Timeout" if isinstance(exc, (socket.timeout, TimeoutError)) else "ConnectionError"
-
-
-def _auth_header(auth: Any) -> Optional[str]:
-    """The ``Authorization`` header requests would send for ``auth`` (basic only)."""
-    if auth is None:
+def _default_ca_bundle() -> Optional[str]:
+    """certifi's bundle when installed (what ``verify=True`` used through requests), else
+    None: the system's CAs."""
+    try:
+        import certifi  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
         return None
-    user, pw = auth.username, auth.password
-    raw = (user if isinstance(user, bytes) else str(user).encode("latin1")) + b":" + \
-        (pw if isinstance(pw, bytes) else str(pw).encode("latin1"))
-    return "Basic " + base64.b64encode(raw).decode("ascii")
+    return certifi.where()
+
+
+def _body_length(body: Any) -> Optional[int]:
+    """Bytes left in a seekable file object (for ``Content-Length``); None if unknown
+    (the body is then sent with chunked transfer encoding)."""
+    try:
+        here = body.tell()
+        end = body.seek(0, 2)
+        body.seek(here)
+        return int(end - here)
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _failure_kind(exc: BaseException) -> str:
+    """One name for a failed connection: ``Timeout`` or ``ConnectionError``."""
+    return "Timeout" if isinstance(exc, (socket.timeout, TimeoutError)) else "ConnectionError"
 
 
 # ---------------------------------------------------------------------------
@@ -326,11 +405,11 @@ def _auth_header(auth: Any) -> Optional[str]:
 
 
 class Server:
-    """A CouchDB server: one pooled HTTP session, credentials, retry policy.
+    """A CouchDB server: a pool of keep-alive connections, credentials, retry policy.
 
     ``url`` may carry ``user:password@``; it is split off and kept only in the
-    session's auth object.  ``verify`` is True (system CAs), False, or the path
-    of a CA bundle.
+    server's auth object.  ``verify`` is True (certifi's CAs when installed, else
+    the system's), False, or the path of a CA bundle (file or directory).
     """
 
     def __init__(self, url: str, user: Optional[str] = None, password: Optional[str] = None, *,
@@ -345,24 +424,18 @@ class Server:
             password = urllib.parse.unquote(parts.password or "")
         self.url = redact_url(url).rstrip("/")
         self.user = user
+        self.verify = verify
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.verify = verify
-        self.session.trust_env = False  # no proxy / netrc surprises; settings.py reads netrc itself
-        self.session.headers.update({"Accept": "application/json",
-                                     "User-Agent": "lrt (python-requests)"})
+        self.pool_size = pool_size
         self._fast = _FastTransport(self.url, verify, pool_size)
-        self._auth_cache: Tuple[Any, Optional[str]] = (None, None)
         self._basic: Optional[_Auth] = None
         if user is not None:
             self._basic = _Auth(user, password or "")
-            self.session.auth = self._basic
+        #: the ``AuthSession`` cookie's value (a credential: never logged), once logged in
+        self._cookie: Optional[str] = None
         #: "basic" (every request carries the password), "cookie" (logged in once through
         #: /_session; requests carry the AuthSession cookie), or "wanted" (cookie_auth
         #: asked for, login not tried yet).  See :meth:`_login`.
@@ -387,26 +460,22 @@ class Server:
         return f"<Server {self.url} user={self.user!r}>"
 
     def clone(self) -> "Server":
-        """The same server, credentials and policy with a session of its own.
-
-        For another thread: a ``requests.Session`` is not made to be shared
-        between threads (bulk creation writes from several at once).
-        """
+        """The same server, credentials and policy with a connection pool and login of
+        its own (for another thread: the login state and counters are per object)."""
         basic = self._basic
-        adapter = self.session.get_adapter(self.url)
-        twin = Server(self.url, self.user, cast(Optional[str], basic.password) if basic else None,
-                      verify=cast(Union[bool, str], self.session.verify),
+        twin = Server(self.url, self.user, basic.password if basic else None, verify=self.verify,
                       timeout=self.timeout, retries=self.retries, backoff=self.backoff,
                       max_backoff=self.max_backoff, cookie_auth=self.auth_mode != "basic",
-                      fail_fast=self.fail_fast and not self._answered,
-                      pool_size=getattr(adapter, "_pool_maxsize", 10))
+                      fail_fast=self.fail_fast and not self._answered, pool_size=self.pool_size)
         twin.clock_offset = self.clock_offset
         twin.credentials_from = self.credentials_from
         return twin
 
     def close(self) -> None:
-        self.session.close()
         self._fast.close()
+        chk = getattr(self, "_check_pool", None)
+        if chk is not None:
+            chk.close()
 
     def __enter__(self) -> "Server":
         return self
@@ -418,28 +487,29 @@ class Server:
     def request(self, method: str, path: str, *, params: Optional[Mapping[str, Any]] = None,
                 json_body: Any = None, data: Any = None, headers: Optional[Mapping[str, str]] = None,
                 stream: bool = False, ok: Sequence[int] = (), retry: bool = True,
-                timeout: Optional[Tuple[float, float]] = None) -> Any:
+                timeout: Optional[Tuple[float, float]] = None) -> _Response:
         """Send one request, retrying transient failures; raise the mapped error.
 
         ``ok`` lists extra statuses (>= 400) to hand back instead of raising.
-        Bodies that are file objects cannot be replayed, so they are not retried.
-        The answer is a :class:`requests.Response` for streamed requests and
-        bodies, else a :class:`_Response` (the same attributes this module uses:
-        ``status_code``, ``headers``, ``content``, ``text``, ``json()``).
+        ``data``: bytes, str, or a binary file object (streamed, with its length
+        when it is seekable).  Bodies that are file objects cannot be replayed, so
+        they are not retried.  ``stream``: the answer's body is read by the caller
+        (``iter_content``), who closes the response.
         """
-        url = self.url + "/" + path.lstrip("/")
         hdrs = dict(headers or {})
         body = data
         if json_body is not None:
             body = json.dumps(json_body, separators=(",", ":"), allow_nan=False).encode()
             hdrs["Content-Type"] = "application/json"
-        replayable = retry and (body is None or isinstance(body, (bytes, str)))
+        elif isinstance(body, str):
+            body = body.encode("utf-8")
+        replayable = retry and (body is None or isinstance(body, bytes))
+        if body is not None and not isinstance(body, bytes) and "Content-Length" not in hdrs:
+            length = _body_length(body)
+            if length is not None:
+                hdrs["Content-Length"] = str(length)
         enc = _encode_params(params)
-        fast = not stream and (body is None or isinstance(body, (bytes, str)))
-        if fast:
-            if isinstance(body, str):
-                body = body.encode("utf-8")
-            target = "/" + path.lstrip("/") + ("?" + urllib.parse.urlencode(enc) if enc else "")
+        target = "/" + path.lstrip("/") + ("?" + urllib.parse.urlencode(enc) if enc else "")
         if self.auth_mode == "wanted":
             self._login()
         relogged = False
@@ -449,22 +519,18 @@ class Server:
             self.requests_sent += 1
             if attempt > 1:
                 self.replays += 1
-            resp: Any   # a _Response (fast path) or a requests.Response
+            resp: _Response
             try:
-                if fast:
-                    resp = self._fast.send(method, target, body, self._fast_headers(hdrs),
-                                           timeout or self.timeout)
-                    self._keep_cookie(resp)
-                else:
-                    resp = self.session.request(method, url, params=enc, data=body, headers=hdrs,
-                                                stream=stream, timeout=timeout or self.timeout)
-            except (requests.ConnectionError, requests.Timeout, OSError, http.client.HTTPException) as exc:
+                resp = self._fast.send(method, target, body, self._headers(hdrs),
+                                       timeout or self.timeout, stream=stream)
+            except (OSError, http.client.HTTPException) as exc:
                 kind = _failure_kind(exc)
                 if replayable and attempt <= self.retries and (self._answered or not self.fail_fast):
                     self._sleep(attempt, None, f"{method} {path}: {kind}")
                     continue
                 raise CouchConnectionError(
                     f"cannot reach CouchDB at {self.url} ({kind}) after {attempt} attempt(s)") from None
+            self._keep_cookie(resp)
             self._note_date(resp)
             self._answered = True
             status = resp.status_code
@@ -485,57 +551,32 @@ class Server:
                     # a fresh cookie is refused too (e.g. a proxy that drops cookies): keep
                     # to basic auth from now on
                     log.info("session cookie refused by %s: using basic auth", self.url)
-                    self.session.cookies.clear()
-                    self.session.auth = self._basic
+                    self._cookie = None
                     self.auth_mode = "basic"
                 continue
             if status >= 400 and status not in ok:
                 raise self._error(resp, method, path)
             return resp
 
-    def _fast_headers(self, extra: Mapping[str, str]) -> Dict[str, str]:
-        """The headers the ``requests`` session would send: its own, its credentials
-        (basic auth, or the ``AuthSession`` cookie from its jar), then ``extra``."""
-        h = cast(Dict[str, str], dict(self.session.headers))
-        h.pop("Accept-Encoding", None)  # http.client asks for identity: nothing to decompress
-        h.pop("Connection", None)
-        auth = self.session.auth
-        if auth is not None:
-            cached_for, header = self._auth_cache
-            if cached_for is not auth:
-                header = _auth_header(auth)
-                self._auth_cache = (auth, header)
-            if header:
-                h["Authorization"] = header
-        cookie = self._session_cookie()
-        if cookie:
-            h["Cookie"] = "AuthSession=" + cookie
+    def _headers(self, extra: Mapping[str, str], auth: bool = True) -> Dict[str, str]:
+        """Every request's headers: ours, the credentials (the ``AuthSession`` cookie
+        once logged in, else basic auth), then ``extra``."""
+        h = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if auth:
+            if self.auth_mode == "cookie" and self._cookie:
+                h["Cookie"] = "AuthSession=" + self._cookie
+            elif self._basic is not None:
+                h["Authorization"] = self._basic.header
         h.update(extra)
         return h
 
-    def _session_cookie(self) -> Optional[str]:
-        value = None
-        for ck in self.session.cookies:
-            if ck.name == "AuthSession":
-                value = ck.value
-        return value
-
     def _keep_cookie(self, resp: _Response) -> None:
-        """Store a refreshed ``AuthSession`` cookie (CouchDB renews it on use) in the jar."""
+        """Keep the ``AuthSession`` cookie the server set (at login; CouchDB also renews
+        it on use); an empty value (a logout) drops it."""
         for line in resp.headers.get_all("Set-Cookie") or ():
             name, _, rest = line.partition("=")
-            if name.strip() != "AuthSession":
-                continue
-            value = rest.split(";", 1)[0].strip()
-            jar = self.session.cookies
-            if not value:
-                jar.clear()
-                return
-            for ck in jar:
-                if ck.name == "AuthSession":
-                    ck.value = value
-                    return
-            jar.set("AuthSession", value)
+            if name.strip() == "AuthSession":
+                self._cookie = rest.split(";", 1)[0].strip() or None
 
     def _login(self) -> None:
         """Switch to cookie authentication: one ``POST /_session`` with the password.
@@ -544,32 +585,34 @@ class Server:
         (a PBKDF2 hash on Apache CouchDB; about 1 ms of server CPU per request on
         the local server), while a session cookie is checked with one HMAC.  A
         pilot makes thousands of requests, so it logs in once.  The cookie is a
-        credential too: it lives only in this session's cookie jar, never in
-        logs.  A wrong password raises :class:`Unauthorized` at once (never
-        retried); a server without ``/_session`` (or one that sets no cookie)
-        keeps basic auth.
+        credential too: it lives only in this object, never in logs.  A wrong
+        password raises :class:`Unauthorized` at once (never retried); a server
+        without ``/_session`` (or one that sets no cookie) keeps basic auth.  When
+        the server cannot be reached, this request goes with basic auth and the
+        next one tries to log in again.
         """
         basic = self._basic
         if basic is None:
             self.auth_mode = "basic"
             return
-        self.session.auth = None
-        self.session.cookies.clear()
+        self._cookie = None
+        body = json.dumps({"name": basic.username, "password": basic.password}).encode()
         try:
-            resp = self.session.post(self.url + "/_session", timeout=self.timeout,
-                                     data=json.dumps({"name": basic.username, "password": basic.password}),
-                                     headers={"Content-Type": "application/json"})
-        except (requests.ConnectionError, requests.Timeout):
-            self.session.auth = basic  # try again with the next request
+            resp = self._fast.send("POST", "/_session", body,
+                                   self._headers({"Content-Type": "application/json"}, auth=False),
+                                   self.timeout)
+        except (OSError, http.client.HTTPException):
+            self.auth_mode = "wanted"
             return
         self.requests_sent += 1
+        self._keep_cookie(resp)
         self._note_date(resp)
         if resp.status_code in (401, 403):
-            self.session.auth = basic
+            self._cookie = None
             raise self._error(resp, "POST", "/_session")
-        if resp.status_code >= 300 or "AuthSession" not in self.session.cookies:
+        if resp.status_code >= 300 or not self._cookie:
             log.info("no session cookie from %s (HTTP %s): keeping basic auth", self.url, resp.status_code)
-            self.session.auth = basic
+            self._cookie = None
             self.auth_mode = "basic"
             return
         self.auth_mode = "cookie"
@@ -683,26 +726,21 @@ class Server:
 
         For services that act for their users (the UWS): the credentials are
         checked and kept nowhere.  A separate connection pool of this server
-        object is used, its cookies dropped after each check, so nothing of the
+        object is used, and no cookie it answers is kept, so nothing of the
         user's login can leak into this client's own requests.  Raises
         :class:`Unauthorized` for a wrong password; never retried (retried wrong
         passwords help lock an account on Apache CouchDB).  Not thread-safe:
         one server object per thread, as everywhere in lrt.
         """
-        chk = getattr(self, "_check_session", None)
+        chk = getattr(self, "_check_pool", None)
         if chk is None:
-            chk = self._check_session = requests.Session()
-            chk.verify = self.session.verify
-            chk.trust_env = False
-            chk.headers.update({"Accept": "application/json", "User-Agent": "lrt (python-requests)"})
+            chk = self._check_pool = _FastTransport(self.url, self.verify, 2)
+        hdrs = self._headers({"Authorization": basic_header(name, password)}, auth=False)
         try:
-            resp = chk.get(self.url + "/_session", auth=requests.auth.HTTPBasicAuth(name, password),
-                           timeout=self.timeout)
-        except (requests.ConnectionError, requests.Timeout) as exc:
+            resp = chk.send("GET", "/_session", None, hdrs, self.timeout)
+        except (OSError, http.client.HTTPException) as exc:
             raise CouchConnectionError(f"cannot reach CouchDB at {self.url} "
-                                       f"({type(exc).__name__})") from None
-        finally:
-            chk.cookies.clear()
+                                       f"({_failure_kind(exc)})") from None
         self.requests_sent += 1
         if resp.status_code >= 400:
             raise self._error(resp, "GET", "/_session")
@@ -924,7 +962,25 @@ class Database:
         if not new_edits:
             body["new_edits"] = False
         path = self._p("_bulk_docs")
-        resp = self.server.request("POST", path, json_body=body)
+        return self._bulk_result(self.server.request("POST", path, json_body=body), path, ids, new_edits)
+
+    def bulk_docs_encoded(self, ids: Sequence[str], docs: Sequence[bytes]) -> BulkResult:
+        """:meth:`bulk_docs` of documents already encoded as JSON objects (``docs[i]``
+        is the document whose ``_id`` is ``ids[i]``, unique in the call).
+
+        For bulk creation, which encodes its documents from a template
+        (:class:`lrt.tokens.DocEncoder`) instead of building and encoding each.
+        """
+        if len(ids) != len(docs):
+            raise ValueError("one id per encoded document")
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate _id in one _bulk_docs batch")
+        path = self._p("_bulk_docs")
+        body = b'{"docs":[' + b",".join(docs) + b"]}"
+        resp = self.server.request("POST", path, data=body, headers={"Content-Type": "application/json"})
+        return self._bulk_result(resp, path, ids, True)
+
+    def _bulk_result(self, resp: Any, path: str, ids: Sequence[Any], new_edits: bool) -> BulkResult:
         rows = self.server.decode(resp, "POST", path)
         out = BulkResult()
         out.status = resp.status_code

@@ -21,19 +21,25 @@ but tqdm only lazily, in the CLI.
 from __future__ import annotations
 
 import base64
+import json
 import queue
+import re
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import states
-from .config import Item, TokenConfig
 from .couch import Database, NotFound, winning_leaf
 from .errors import LrtError
+from .queries.status import conflicted_count, status_counts  # noqa: F401  (here since the start)
 from .states import State
+
+if TYPE_CHECKING:  # the config parser (and the staging modules it needs) only where a config is read
+    from .config import Item, TokenConfig
 
 #: token document schema version (docs/tokens.md)
 SCHEMA = 1
@@ -119,7 +125,7 @@ def new_token(cfg: TokenConfig, item: Item, now: Optional[float] = None, share: 
         "command": command,
         "sandbox": sandbox,
         "payload": item.payload,
-        "inputs": [link.as_input() for link in item.chunk.links] if item.chunk else [],
+        "inputs": _inputs(item),
         "outputs": outputs,
         "needs_staging": cfg.needs_staging,
         "lease": None,
@@ -141,10 +147,85 @@ def new_token(cfg: TokenConfig, item: Item, now: Optional[float] = None, share: 
     if cfg.task is not None:
         doc["task"] = cfg.task.ref
     if item.chunk is not None:
-        # inline attachment: the token and its link slice are one write, in the same batch
-        data = base64.b64encode(item.chunk.srm_txt().encode()).decode()
-        doc["_attachments"] = {"srm.txt": {"content_type": "text/plain", "data": data}}
+        doc["_attachments"] = _attachments(item)
     return doc
+
+
+def _inputs(item: Item) -> List[Dict[str, Any]]:
+    return [link.as_input() for link in item.chunk.links] if item.chunk else []
+
+
+def _attachments(item: Item) -> Dict[str, Any]:
+    """Inline attachment: the token and its link slice are one write, in the same batch."""
+    data = base64.b64encode(item.chunk.srm_txt().encode()).decode()  # type: ignore[union-attr]
+    return {"srm.txt": {"content_type": "text/plain", "data": data}}
+
+
+class _Hole(str):
+    """A placeholder in :class:`DocEncoder`'s template."""
+
+
+class DocEncoder:
+    """Token documents of one config as JSON bytes, without building each document.
+
+    ``encode(item, now)`` equals ``json.dumps(new_token(cfg, item, now, share=True))``
+    (compact separators) byte for byte: the document of a placeholder item is
+    encoded once, split at its placeholders (id, the two timestamps, payload,
+    inputs), and each token's JSON is the segments joined with its own encoded
+    values.  Why: building the 35-key document and encoding all of it was most of
+    the client's CPU in bulk creation (docs/benchmarks.md); what is constant over
+    a config is now encoded once.  Configs with dependencies (their fields change
+    the state and vary per token) are encoded document by document.
+    """
+
+    _HOLES = ("_id", "created", "updated", "payload", "inputs")
+
+    def __init__(self, cfg: TokenConfig):
+        self.cfg = cfg
+        self._dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+        self._segments: Optional[List[str]] = None
+        self._order: List[str] = []
+        if cfg.after is not None:
+            return
+        probe = new_token(cfg, _Probe(), 0.0, share=True)  # type: ignore[arg-type]  # a duck-typed Item
+        holes = {k: _Hole(f"\x00lrt-hole-{k}\x00") for k in self._HOLES}
+        probe.update(holes)
+        text = self._dumps(probe)
+        marks = {self._dumps(h): k for k, h in holes.items()}
+        pieces = re.split("(" + "|".join(re.escape(m) for m in marks) + ")", text)
+        order = [marks[x] for x in pieces[1::2]]
+        if sorted(order) != sorted(self._HOLES) or not text.endswith("}"):
+            return  # a placeholder lookalike in the config: encode documents one by one
+        pieces[-1] = pieces[-1][:-1]  # the closing brace comes after the attachments
+        self._segments = pieces[0::2]
+        self._order = order
+
+    def encode(self, item: Item, now: float) -> bytes:
+        segs = self._segments
+        if segs is None:
+            return self._dumps(new_token(self.cfg, item, now, share=True)).encode()
+        t = repr(float(now))
+        values = {"_id": encode_basestring_ascii(item.id), "created": t, "updated": t,
+                  "payload": self._dumps(item.payload),
+                  "inputs": self._dumps(_inputs(item)) if item.chunk else "[]"}
+        parts = [segs[0]]
+        for k, seg in zip(self._order, segs[1:]):
+            parts.append(values[k])
+            parts.append(seg)
+        if item.chunk is not None:
+            parts.append(',"_attachments":' + self._dumps(_attachments(item)))
+        parts.append("}")
+        return "".join(parts).encode()
+
+
+class _Probe:
+    """The item :class:`DocEncoder` builds its template from."""
+
+    id = ""
+    index = 0
+    values: Dict[str, Any] = {}
+    payload: Dict[str, Any] = {}
+    chunk = None
 
 
 #: the fields a token config defines: what ``lrt create`` compares with a stored token
@@ -392,8 +473,22 @@ def _settle_unconfirmed(db: Database, revs: Dict[str, str],
     return out
 
 
+class _Batch:
+    """One batch of :meth:`TokenSet.create`: its items, their encoded documents, the time
+    stamped into them."""
+
+    __slots__ = ("items", "encoded", "now", "ids")
+
+    def __init__(self, items: List[Item], encoded: List[bytes], now: float):
+        self.items, self.encoded, self.now = items, encoded, now
+        self.ids = [it.id for it in items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 class _Writers:
-    """``n`` daemon threads writing batches, each through its own HTTP session.
+    """``n`` daemon threads writing batches, each through its own connection pool.
 
     Daemon threads and bounded waits, not a ThreadPoolExecutor: its shutdown
     waits for every running request without a limit, which is how one Ctrl-C
@@ -401,8 +496,8 @@ class _Writers:
     moment to finish (so the count is known) and then leaves them.
     """
 
-    def __init__(self, db: Database, n: int, write: Callable[[Database, List[Token]], None]):
-        self._todo: "queue.Queue[List[Token]]" = queue.Queue(maxsize=1)
+    def __init__(self, db: Database, n: int, write: Callable[[Database, _Batch], None]):
+        self._todo: "queue.Queue[_Batch]" = queue.Queue(maxsize=1)
         self._done: "queue.Queue[Tuple[int, Optional[BaseException]]]" = queue.Queue()
         self._write = write
         self._errors: List[BaseException] = []
@@ -435,7 +530,7 @@ class _Writers:
             raise exc
         return n
 
-    def put(self, docs: List[Token]) -> None:
+    def put(self, docs: _Batch) -> None:
         """Hand a batch to the next free writer (waiting in short, interruptible steps)."""
         while True:
             if self._errors:
@@ -505,11 +600,15 @@ class TokenSet:
     @classmethod
     def from_config(cls, path: Union[str, Path], files: Optional[Union[str, Path]] = None) -> "TokenSet":
         """Load and validate a config (and its file list); ``files`` overrides ``files.list``."""
+        from .config import TokenConfig
+
         return cls(TokenConfig.load(path, files=files))
 
     @classmethod
     def from_text(cls, text: str, path: str = "<config>", base_dir: Union[str, Path, None] = None,
                   files: Optional[Union[str, Path]] = None) -> "TokenSet":
+        from .config import TokenConfig
+
         return cls(TokenConfig.from_text(text, path=path, base_dir=base_dir, files=files))
 
     @property
@@ -562,7 +661,7 @@ class TokenSet:
         """Create the tokens that do not exist yet, ``batch_size`` per ``_bulk_docs``.
 
         ``concurrency`` batches are written at once, each by a thread with its own
-        HTTP session (default: :func:`default_concurrency`, chosen per server), while
+        connection pool (default: :func:`default_concurrency`, chosen per server), while
         this thread builds the next batch; memory is about ``concurrency + 2``
         batches whatever the size of the set.  ``progress(done, total)`` is called
         after each batch.
@@ -599,16 +698,19 @@ class TokenSet:
         check = [True]
         lock = threading.Lock()  # guards res and check between the writers
 
-        def write(wdb: Database, docs: List[Token]) -> None:
-            mine = {d["_id"]: d for d in docs}
+        cfg = self.config
+
+        def write(wdb: Database, batch: _Batch) -> None:
+            ids = batch.ids
             stored: Dict[str, Dict[str, Any]] = {}
             if check[0]:
-                stored = _stored_docs(wdb, [d["_id"] for d in docs])
-                if stored:
-                    docs = [d for d in docs if d["_id"] not in stored]
-                else:
+                stored = _stored_docs(wdb, ids)
+                if not stored:
                     check[0] = False
-            out = wdb.bulk_docs(docs) if docs else None
+            keep = [i for i, doc_id in enumerate(ids) if doc_id not in stored]
+            out = None
+            if keep:
+                out = wdb.bulk_docs_encoded([ids[i] for i in keep], [batch.encoded[i] for i in keep])
             if out is not None and out.conflicts:
                 # it exists (another creator, or the check was skipped): compare it too
                 stored.update(_stored_docs(wdb, out.conflicts))
@@ -623,6 +725,9 @@ class TokenSet:
                     stored[doc_id] = other  # the sibling that stays: compared like a 409
                 elif outcome == "failed":
                     errors[doc_id] = other
+            # the documents to compare with (built only for the tokens that exist)
+            mine = {batch.items[i].id: new_token(cfg, batch.items[i], batch.now, share=True)
+                    for i, doc_id in enumerate(ids) if doc_id in stored}
             with lock:
                 if out is not None:
                     res.created += len(out.ok) - len(settled) + sum(
@@ -640,13 +745,14 @@ class TokenSet:
                 _compare(wdb, stored, mine, res, lock, update)
 
         pool = _Writers(db, concurrency, write)
+        encoder = DocEncoder(self.config)
         done = 0
         try:
             try:
-                for batch in _batched(self.config.items(), batch_size):
+                for items in _batched(self.config.items(), batch_size):
                     now = time.time()
-                    docs = [new_token(self.config, it, now, share=True) for it in batch]
-                    pool.put(docs)  # blocks while `concurrency` batches are in flight
+                    pool.put(_Batch(items, [encoder.encode(it, now) for it in items], now))
+                    # (put blocks while `concurrency` batches are in flight)
                     for n in pool.finished():
                         done += n
                         if progress is not None:
@@ -727,40 +833,6 @@ def _need_views(db: Database, exc: NotFound) -> LrtError:
         return LrtError(f"database {db.name} does not exist on {db.server.url} "
                         "(create tokens with `lrt create CONFIG` first)")
     return LrtError(f"lrt's views are not installed in database {db.name}: run `lrt views install`")
-
-
-def status_counts(db: Database, type: Optional[str] = None) -> Dict[str, Dict[str, int]]:
-    """Token counts per type and state (one reduce query, ``group_level=2``).
-
-    Returns ``{type: {state: count}}``, only non-zero counts.
-    """
-    try:
-        rows = db.view("lrt", "tokens", group_level=2).get("rows", [])
-    except NotFound as exc:
-        raise _need_views(db, exc) from None
-    out: Dict[str, Dict[str, int]] = {}
-    for row in rows:
-        key = row.get("key") or []
-        if len(key) < 2:
-            continue
-        state, ttype = key[0], key[1]
-        if type is not None and ttype != type:
-            continue
-        out.setdefault(ttype, {})[state] = out.get(ttype, {}).get(state, 0) + int(row["value"])
-    return out
-
-
-def conflicted_count(db: Database) -> int:
-    """How many documents have conflicting revisions (possible on a CouchDB cluster).
-
-    The ``total_rows`` of the ``lrt/conflicts`` view read with ``limit=0``: no
-    row is sent.  Pilots resolve such tokens in their housekeeping, ``lrt reap``
-    on demand; a count that stays above zero points at a problem.
-    """
-    try:
-        return int(db.view("lrt", "conflicts", limit=0).get("total_rows") or 0)
-    except NotFound as exc:
-        raise _need_views(db, exc) from None
 
 
 @dataclass

@@ -145,3 +145,84 @@ def test_cookie_auth_falls_back_to_basic_when_cookies_do_not_get_through():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def _one_shot_server(handler_cls):
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    host, port = httpd.server_address
+    return httpd, f"http://{host}:{port}"
+
+
+def test_file_uploads_are_streamed_with_their_length_and_downloads_stream_back(tmp_path):
+    """Attachments through the http.client transport: a file body is sent with its
+    Content-Length (not chunked), and a download arrives in chunks; the connection is
+    reused afterwards."""
+    got = {}
+    blob = bytes(range(256)) * 4096  # 1 MiB
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_PUT(self):
+            got["length"] = self.headers.get("Content-Length")
+            got["chunked"] = self.headers.get("Transfer-Encoding")
+            got["body"] = self.rfile.read(int(self.headers["Content-Length"]))
+            got["port"] = self.client_address[1]
+            body = b'{"ok":true,"rev":"2-x"}'
+            self.send_response(201)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            got["get_port"] = self.client_address[1]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(blob)))
+            self.end_headers()
+            self.wfile.write(blob)
+
+    httpd, url = _one_shot_server(H)
+    try:
+        f = tmp_path / "blob"
+        f.write_bytes(blob)
+        db = c.Server(url, retries=0).database("db")
+        with open(f, "rb") as fh:
+            fh.read(10)  # what is left of the file is sent
+            assert db.put_attachment("d", "1-x", "a", fh) == "2-x"
+        assert got["length"] == str(len(blob) - 10) and got["chunked"] is None and got["body"] == blob[10:]
+        ctype, length, chunks = db.open_attachment("d", "a", chunk_size=1 << 16)
+        parts = list(chunks)
+        assert (ctype, length) == ("application/octet-stream", len(blob)) and b"".join(parts) == blob
+        assert len(parts) > 1 and all(len(p) <= 1 << 16 for p in parts)
+        assert got["get_port"] == got["port"]  # one keep-alive connection for both
+        assert db.get_attachment("d", "a") == blob
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_download_cut_short_raises_a_connection_error():
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)  # then the connection closes
+
+    httpd, url = _one_shot_server(H)
+    try:
+        db = c.Server(url, retries=0).database("db")
+        with pytest.raises(c.CouchConnectionError) as ei:
+            db.get_attachment("d", "a")
+        assert "GET /db/d/a" in str(ei.value)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

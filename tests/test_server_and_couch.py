@@ -121,7 +121,8 @@ def test_cookie_auth_logs_in_once_and_sends_no_password(couch, empty_db):
     db = s.database(empty_db.name)
     db.put({"_id": "a"})
     assert s.auth_mode == "cookie"
-    assert s.session.auth is None  # later requests carry the cookie, not the password
+    hdrs = s._headers({})  # what every later request carries: the cookie, not the password
+    assert "Authorization" not in hdrs and hdrs["Cookie"].startswith("AuthSession=")
     assert "_admin" in s.session_info()["userCtx"]["roles"]
     # an admin-only request works on the cookie alone
     assert empty_db.name in s.all_dbs()
@@ -138,8 +139,7 @@ def test_cookie_auth_logs_in_again_when_the_cookie_is_refused(couch, empty_db, t
     assert db.get("a")["_id"] == "a"
     assert s.auth_mode == "cookie"
     # an expired or revoked session: the server no longer knows this cookie
-    s.session.cookies.clear()
-    s.session.cookies.set("AuthSession", "bm9ib2R5OjAwMDAwMDAwOmJhZA")
+    s._cookie = "bm9ib2R5OjAwMDAwMDAwOmJhZA"
     sent = s.requests_sent
     assert db.get("a")["_id"] == "a"
     assert s.auth_mode == "cookie" and s.requests_sent - sent == 3  # refused, login, resend

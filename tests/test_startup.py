@@ -19,12 +19,19 @@ ROOT = Path(__file__).resolve().parent.parent
 #: never needed to import lrt or print its version
 HEAVY = ("requests", "urllib3", "http.client", "ssl", "yaml", "tqdm", "charset_normalizer", "idna",
          "lrt.couch", "lrt.config", "lrt.tokens", "lrt.design", "lrt.launchers", "lrt.staging",
-         "lrt.pilot", "lrt.protocol", "lrt.server", "lrt.batch", "concurrent.futures", "gfal2", "xmlrpc",
-         "tarfile")
+         "lrt.pilot", "lrt.protocol", "lrt.server", "lrt.batch", "concurrent.futures", "gfal2", "xmlrpc", "tarfile")
+#: the HTTP stack lrt does not use (lrt.couch speaks http.client), nor its metadata lookups
+NOT_THE_HTTP_STACK = ("requests", "urllib3", "charset_normalizer", "chardet", "idna", "certifi",
+                      "importlib.metadata", "http.cookiejar", "email.mime")
 #: admin-side or staging modules a pilot without staging never needs
-NOT_ON_PILOT_PATH = ("yaml", "tqdm", "lrt.config", "lrt.tokens", "lrt.launchers", "lrt.staging.gfal",
-                     "lrt.staging.lta", "lrt.server", "gfal2", "xmlrpc", "concurrent.futures",
-                     "charset_normalizer", "chardet")
+NOT_ON_PILOT_PATH = NOT_THE_HTTP_STACK + (
+    "yaml", "tqdm", "lrt.config", "lrt.tokens", "lrt.launchers", "lrt.staging.gfal",
+    "lrt.staging.lta", "lrt.server", "gfal2", "xmlrpc", "concurrent.futures")
+#: what `lrt status` needs neither: the token config parser, the launchers (no launch records),
+#: the table and progress-bar extras
+NOT_ON_STATUS_PATH = NOT_THE_HTTP_STACK + (
+    "yaml", "tqdm", "lrt.config", "lrt.staging", "lrt.launchers", "lrt.server", "lrt.design", "lrt.pilot",
+    "gfal2", "xmlrpc", "concurrent.futures", "tabulate", "rich", "starlette", "jinja2", "uvicorn", "tarfile")
 
 
 def loaded_after(code: str, env=None) -> List[str]:
@@ -57,7 +64,8 @@ def test_lrt_version_path_is_light():
 
 def test_the_lazy_import_list_can_fail():
     """The check sees a heavy import when there is one (it is not vacuous)."""
-    assert "requests" in heavy_in(loaded_after("import lrt.couch"), HEAVY)
+    assert "http.client" in heavy_in(loaded_after("import lrt.couch"), HEAVY)
+    assert "requests" in heavy_in(loaded_after("import lrt.pilot.sandbox; import requests"), NOT_ON_PILOT_PATH)
     assert "yaml" in heavy_in(loaded_after("import lrt.tokens; lrt.tokens.TokenSet.from_text("
                                            "'type: t\\ncommand: [a]\\n')"), HEAVY)
 
@@ -73,8 +81,28 @@ def test_pilot_entry_point_loads_only_the_pilot_path(couch, server):
         design.install(db)
         code = "import lrt.cli\nrc = lrt.cli.main(['pilot', '--idle-exit', '0', '--poll', '0.1'])\nassert rc == 0, rc"
         mods = loaded_after(code, env)
-        assert "requests" in mods and "lrt.pilot.pilot" in mods  # it did run the pilot
+        assert "lrt.pilot.pilot" in mods and "http.client" in mods  # it did run the pilot
         assert heavy_in(mods, NOT_ON_PILOT_PATH) == []
+    finally:
+        db.delete()
+
+
+def test_status_command_loads_only_what_it_uses(couch, server):
+    name = new_db_name("start")
+    env = dict(couch.env(name), PYTHONPATH=str(ROOT))
+    db = server.database(name)
+    db.create()
+    try:
+        from lrt import design
+
+        design.install(db)
+        db.put({"_id": "t1", "kind": "token", "type": "a", "state": "todo"})
+        code = ("import contextlib, io, json, lrt.cli\nbuf = io.StringIO()\n"
+                "with contextlib.redirect_stdout(buf):\n    rc = lrt.cli.main(['status', '--json'])\n"
+                "assert rc == 0 and json.loads(buf.getvalue())['total'] == 1, buf.getvalue()")
+        mods = loaded_after(code, env)
+        assert "lrt.queries.status" in mods  # it did answer
+        assert heavy_in(mods, NOT_ON_STATUS_PATH) == []
     finally:
         db.delete()
 

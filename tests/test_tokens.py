@@ -345,3 +345,29 @@ def test_default_concurrency_is_one_on_the_local_server(db):
     if "pouchdb" not in vendor.lower():
         pytest.skip("the suite runs against another server")
     assert default_concurrency(db) == 1
+
+
+@pytest.mark.parametrize("config", ["configs/lofar_example.yaml", "configs/sweep_example.yaml",
+                                    "configs/demo.yaml", "configs/pawsey/compute.yaml", "unicode"])
+def test_encoded_documents_are_the_documents(tmp_path, config):
+    """DocEncoder's template gives exactly the JSON of new_token (files, attachments,
+    dependencies, non-ASCII text), so creation writes the documents the schema says."""
+    import json
+
+    from lrt.tokens import DocEncoder, new_token
+
+    if config == "unicode":
+        p = tmp_path / "u.yaml"
+        p.write_text("type: u\ncommand: [python3, 'ß.py']\nid: 'ü_{i}_\\u00e9'\npayload: {note: 'é \"q\" \\\\'}\n"
+                     "sweep: {i: {range: [0, 3]}}\n", encoding="utf-8")
+        ts = TokenSet.from_config(p)
+    else:
+        ts = TokenSet.from_config(ROOT / config)
+    enc = DocEncoder(ts.config)
+    assert (enc._segments is None) == (ts.config.after is not None)  # the template where it applies
+    n = 0
+    for item in ts.config.items():
+        want = json.dumps(new_token(ts.config, item, 1700000000.25, share=True), separators=(",", ":"))
+        assert enc.encode(item, 1700000000.25).decode() == want
+        n += 1
+    assert n > 0

@@ -50,7 +50,7 @@ def launch_dir(launch_id: str, base: Optional[str] = None) -> Path:
     return d
 
 
-RECORD_PREFIX = "launch:"
+from ..queries.pilots import LAUNCH_PREFIX as RECORD_PREFIX  # noqa: E402  (read there too)
 
 
 def record_launch(db: "Database", launch_id: str, system: str, batch_id: Optional[str], count: int,

@@ -22,8 +22,6 @@ def ordered(counts: Dict[str, int]) -> Dict[str, int]:
 
 def status_json(db: Database, type: Optional[str] = None) -> Dict[str, Any]:
     """The ``lrt status --json`` document (shape documented in docs/tokens.md)."""
-    from ..tokens import conflicted_count, status_counts
-
     counts = status_counts(db, type)
     totals: Dict[str, int] = {}
     for by_state in counts.values():
@@ -51,3 +49,37 @@ def tokenset_counts(db: Database, type: Optional[str] = None) -> Dict[str, Dict[
         by_state = out.setdefault(ts, {}).setdefault(ttype, {})
         by_state[state] = by_state.get(state, 0) + int(r["value"])
     return {ts: {t: ordered(v) for t, v in sorted(out[ts].items())} for ts in sorted(out)}
+
+
+def status_counts(db: Database, type: Optional[str] = None) -> Dict[str, Dict[str, int]]:
+    """Token counts per type and state (one reduce query, ``group_level=2``).
+
+    Returns ``{type: {state: count}}``, only non-zero counts.
+    """
+    try:
+        rows = db.view("lrt", "tokens", group_level=2).get("rows", [])
+    except NotFound:
+        raise need_views(db) from None
+    out: Dict[str, Dict[str, int]] = {}
+    for row in rows:
+        key = row.get("key") or []
+        if len(key) < 2:
+            continue
+        state, ttype = key[0], key[1]
+        if type is not None and ttype != type:
+            continue
+        out.setdefault(ttype, {})[state] = out.get(ttype, {}).get(state, 0) + int(row["value"])
+    return out
+
+
+def conflicted_count(db: Database) -> int:
+    """How many documents have conflicting revisions (possible on a CouchDB cluster).
+
+    The ``total_rows`` of the ``lrt/conflicts`` view read with ``limit=0``: no
+    row is sent.  Pilots resolve such tokens in their housekeeping, ``lrt reap``
+    on demand; a count that stays above zero points at a problem.
+    """
+    try:
+        return int(db.view("lrt", "conflicts", limit=0).get("total_rows") or 0)
+    except NotFound:
+        raise need_views(db) from None
