@@ -828,13 +828,6 @@ class TokenSet:
 # queries
 
 
-def _need_views(db: Database, exc: NotFound) -> LrtError:
-    if not db.exists():
-        return LrtError(f"database {db.name} does not exist on {db.server.url} "
-                        "(create tokens with `lrt create CONFIG` first)")
-    return LrtError(f"lrt's views are not installed in database {db.name}: run `lrt views install`")
-
-
 @dataclass
 class BulkOutcome:
     """Outcome of a bulk change: ``matched`` selected, ``changed`` written,
@@ -887,8 +880,10 @@ class TokenList:
                                              limit=None if limit is None else limit - seen):
                     yield row
                     seen += 1
-            except NotFound as exc:
-                raise _need_views(self.db, exc) from None
+            except NotFound:
+                from .queries.tokens import need_views
+
+                raise need_views(self.db) from None
 
     def ids(self, limit: Optional[int] = None) -> Iterator[str]:
         for row in self.rows(limit=limit):
