@@ -6,6 +6,7 @@ import pytest
 from lrt import couch as c
 from lrt import design
 from lrt.couch import Server
+from pilot_helpers import poll
 
 
 def test_docs_revs_and_conflict(empty_db):
@@ -39,6 +40,10 @@ def test_iter_view_pages_without_skip(empty_db):
     design.install(empty_db)
     empty_db.bulk_docs([{"_id": f"t{i:03d}", "kind": "token", "type": "p", "state": "todo",
                          "created": i} for i in range(57)])
+    # on a cluster a view read may come from a copy the writes have not reached yet
+    poll(lambda: len(empty_db.view("lrt", "tokens", reduce=False, startkey=["todo", "p"],
+                                   endkey=["todo", "p", {}])["rows"]) == 57, timeout=30,
+         what="the 57 tokens in the view")
     rows = list(empty_db.iter_view("lrt", "tokens", page_size=10, startkey=["todo", "p"],
                                    endkey=["todo", "p", {}]))
     assert [r["id"] for r in rows] == [f"t{i:03d}" for i in range(57)]
