@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from pilot_helpers import ROOT, make_tokens, start_pilot, token
+from pilot_helpers import ROOT, make_tokens, poll, start_pilot, token
 from web_process import WebProcess
 
 #: markup that must come out as text wherever it is shown
@@ -54,6 +54,15 @@ def run_pilot(env: Dict[str, str], log: Path, token_type: str = "web") -> None:
 def make_pool(couch: Any, db: Any, tmp: Path, docs: Optional[List[Dict[str, Any]]] = None) -> None:
     make_tokens(db, docs if docs is not None else pool_docs())
     run_pilot(couch.env(db.name), tmp / "pilot.log")
+    # on a cluster a view read may come from a copy the pilot's last writes have not reached:
+    # wait until the failure groups count every token in error (documents are read by quorum)
+    from lrt.queries.failures import error_groups
+
+    docs = [r.get("doc") or {} for r in db.all_docs(include_docs=True)["rows"]]
+    errors = sum(1 for d in docs if d.get("kind") == "token" and d.get("error")
+                 and d.get("state") in ("error", "failed", "todo"))  # what lrt-web/errors counts
+    poll(lambda: sum(g.count for g in error_groups(db)) == errors, timeout=60,
+         what=f"{errors} tokens in the failure groups")
 
 
 class Dashboard(WebProcess):
