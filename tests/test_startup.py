@@ -12,7 +12,6 @@ import pytest
 
 from lrt.cli import _command_word, build_parser
 
-from conftest import new_db_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,41 +69,23 @@ def test_the_lazy_import_list_can_fail():
                                            "'type: t\\ncommand: [a]\\n')"), HEAVY)
 
 
-def test_pilot_entry_point_loads_only_the_pilot_path(couch, server):
-    name = new_db_name("start")
-    env = dict(couch.env(name), PYTHONPATH=str(ROOT))
-    db = server.database(name)
-    db.create()
-    try:
-        from lrt import design
-
-        design.install(db)
-        code = "import lrt.cli\nrc = lrt.cli.main(['pilot', '--idle-exit', '0', '--poll', '0.1'])\nassert rc == 0, rc"
-        mods = loaded_after(code, env)
-        assert "lrt.pilot.pilot" in mods and "http.client" in mods  # it did run the pilot
-        assert heavy_in(mods, NOT_ON_PILOT_PATH) == []
-    finally:
-        db.delete()
+def test_pilot_entry_point_loads_only_the_pilot_path(couch, db):
+    env = dict(couch.env(db.name), PYTHONPATH=str(ROOT))
+    code = "import lrt.cli\nrc = lrt.cli.main(['pilot', '--idle-exit', '0', '--poll', '0.1'])\nassert rc == 0, rc"
+    mods = loaded_after(code, env)
+    assert "lrt.pilot.pilot" in mods and "http.client" in mods  # it did run the pilot
+    assert heavy_in(mods, NOT_ON_PILOT_PATH) == []
 
 
-def test_status_command_loads_only_what_it_uses(couch, server):
-    name = new_db_name("start")
-    env = dict(couch.env(name), PYTHONPATH=str(ROOT))
-    db = server.database(name)
-    db.create()
-    try:
-        from lrt import design
-
-        design.install(db)
-        db.put({"_id": "t1", "kind": "token", "type": "a", "state": "todo"})
-        code = ("import contextlib, io, json, lrt.cli\nbuf = io.StringIO()\n"
-                "with contextlib.redirect_stdout(buf):\n    rc = lrt.cli.main(['status', '--json'])\n"
-                "assert rc == 0 and json.loads(buf.getvalue())['total'] == 1, buf.getvalue()")
-        mods = loaded_after(code, env)
-        assert "lrt.queries.status" in mods  # it did answer
-        assert heavy_in(mods, NOT_ON_STATUS_PATH) == []
-    finally:
-        db.delete()
+def test_status_command_loads_only_what_it_uses(couch, db):
+    env = dict(couch.env(db.name), PYTHONPATH=str(ROOT))
+    db.put({"_id": "t1", "kind": "token", "type": "a", "state": "todo"})
+    code = ("import contextlib, io, json, lrt.cli\nbuf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf):\n    rc = lrt.cli.main(['status', '--json'])\n"
+            "assert rc == 0 and json.loads(buf.getvalue())['total'] == 1, buf.getvalue()")
+    mods = loaded_after(code, env)
+    assert "lrt.queries.status" in mods  # it did answer
+    assert heavy_in(mods, NOT_ON_STATUS_PATH) == []
 
 
 @pytest.mark.parametrize("argv,word", [
