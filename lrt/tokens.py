@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import states
-from .couch import Database, NotFound, winning_leaf
+from .couch import Database, NotFound
 from .errors import LrtError
+from .protocol import quorum
 from .queries.status import conflicted_count, status_counts  # noqa: F401  (here since the start)
 from .states import State
 
@@ -416,7 +417,7 @@ def _compare(db: Database, stored: Dict[str, Dict[str, Any]], mine: Mapping[str,
 #: how long a creator whose first revision of a token is CouchDB's winner among the
 #: token's leaves, but was accepted by fewer copies than the write quorum, waits for
 #: the other creators to remove their leaves (seconds; docs/design.md)
-CONFIRM_WAIT = 10.0
+CONFIRM_WAIT = quorum.CONFIRM_WAIT
 
 
 def _settle_unconfirmed(db: Database, revs: Dict[str, str],
@@ -426,50 +427,25 @@ def _settle_unconfirmed(db: Database, revs: Dict[str, str],
     ``revs`` maps each such id to the revision this creator wrote.  Another
     creator's first revision of the same id may have been accepted by the
     other copies (and answered 201: that creator counted it without a check).
-    The leaves are read from every copy (:meth:`Database.leaves` with
-    ``all_copies``): a revision that is the only live leaf is created.  With
-    siblings, a revision that is not :func:`~lrt.couch.winning_leaf` loses
-    at once; the winner waits up to ``wait`` s for the others to remove
-    themselves and is created if they did, else it loses too (a sibling that
-    stays was answered 201).  A losing revision is deleted (one ``_bulk_docs``
-    per round for all of them), so no conflict is left behind.
+    :func:`lrt.protocol.quorum.settle` decides, as for every such write: a
+    revision that is the only live leaf is created; a losing one is deleted,
+    so no conflict is left behind.
 
     Returns id -> ("created", None) | ("withdrawn", the sibling that stays) |
     ("present", the sibling a resolver kept) | ("failed", {"error", "reason"}).
     """
-    wait = CONFIRM_WAIT if wait is None else wait
-    deadline = time.monotonic() + wait
     out: Dict[str, Tuple[str, Optional[Dict[str, Any]]]] = {}
-    pending = dict(revs)
-    delay = 0.05
-    while pending:
-        drop: Dict[str, Dict[str, Any]] = {}
-        for doc_id, rev in list(pending.items()):
-            leaves = [d for d in db.leaves(doc_id, all_copies=True) if not d.get("_deleted")]
-            others = [d for d in leaves if d.get("_rev") != rev]
-            if len(others) == len(leaves):  # ours is gone (a resolver kept a sibling)
-                out[doc_id] = (("present", winning_leaf(others)) if others else
-                               ("failed", {"error": "lost",
-                                           "reason": "the revision written was removed; run again"}))
-            elif not others:
-                out[doc_id] = ("created", None)
-            elif winning_leaf(leaves) in others or time.monotonic() >= deadline:
-                drop[doc_id] = winning_leaf(others) or others[0]
-            else:
-                continue
-            del pending[doc_id]
-        if drop:
-            res = db.bulk_docs([{"_id": i, "_rev": revs[i], "_deleted": True} for i in drop])
-            for doc_id, sibling in drop.items():
-                if doc_id in res.errors:  # the conflicted document stays for the resolver
-                    row = res[doc_id]
-                    out[doc_id] = ("failed", {"error": row.get("error"), "reason":
-                                              f"could not remove a losing revision: {row.get('reason')}"})
-                else:  # deleted (a 409: a resolver deleted it already)
-                    out[doc_id] = ("withdrawn", sibling)
-        if pending:
-            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            delay = min(1.0, delay * 2)
+    for doc_id, s in quorum.settle(db, revs, CONFIRM_WAIT if wait is None else wait).items():
+        if s.outcome is quorum.Settled.HELD:
+            out[doc_id] = ("created", None)
+        elif s.outcome is quorum.Settled.LOST:
+            out[doc_id] = ("withdrawn", s.other)
+        elif s.outcome is quorum.Settled.GONE and s.other is not None:
+            out[doc_id] = ("present", s.other)
+        elif s.outcome is quorum.Settled.GONE:
+            out[doc_id] = ("failed", {"error": "lost", "reason": "the revision written was removed; run again"})
+        else:
+            out[doc_id] = ("failed", s.error)
     return out
 
 

@@ -14,80 +14,17 @@ import threading
 import time
 import uuid
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, List, Optional
+from typing import Optional
 
 import pytest
-import requests
 
 from lrt.protocol.client import TokenClient
 from lrt.protocol.conflicts import resolve_conflicts
 from lrt.protocol.decisions import lock_doc
 from lrt.tokens import TokenSet, conflicted_count
 
-from cluster_helpers import cluster_db, no_conflict_on_any_node, pilots_on_every_node
+from cluster_helpers import QuorumProxy, cluster_db, is_creation, no_conflict_on_any_node, pilots_on_every_node
 from pilot_helpers import RECORD, executions, make_tokens, poll, token
-
-
-def is_claim(docs: List[dict]) -> bool:
-    return any(d.get("state") == "locked" and d.get("lease") for d in docs)
-
-
-def is_creation(docs: List[dict]) -> bool:
-    return any(d.get("kind") == "token" and "_rev" not in d for d in docs)
-
-
-class QuorumProxy:
-    """Forwards every request to ``upstream``; a ``_bulk_docs`` that claims a token
-    (writes a ``locked`` document; ``match`` says which writes) is answered 202 with
-    ``"accepted": true``, after ``on_claim(docs)`` ran (the test adds there what other
-    copies would hold)."""
-
-    def __init__(self, upstream: str, on_claim: Optional[Callable[[List[dict]], None]] = None,
-                 match: Callable[[List[dict]], bool] = is_claim):
-        self.upstream = upstream.rstrip("/")
-        self.on_claim = on_claim
-        self.match = match
-        self.rewritten = 0
-        proxy = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):  # quiet
-                pass
-
-            def _any(self):
-                n = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(n) if n else None
-                hdrs = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                r = requests.request(self.command, proxy.upstream + self.path, data=body, headers=hdrs,
-                                     timeout=60)
-                status, out = r.status_code, r.content
-                if (self.command == "POST" and self.path.split("?")[0].endswith("/_bulk_docs")
-                        and status == 201 and body):
-                    docs = json.loads(body).get("docs", [])
-                    if proxy.match(docs):
-                        if proxy.on_claim:
-                            proxy.on_claim(docs)
-                        rows = [dict(row, accepted=True) for row in r.json()]
-                        status, out = 202, json.dumps(rows).encode()
-                        proxy.rewritten += 1
-                self.send_response(status)
-                for k in ("Content-Type", "Date", "Set-Cookie", "X-Couch-Update-NewRev"):
-                    if k in r.headers:
-                        self.send_header(k, r.headers[k])
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from .. import errorcodes, states
 from ..couch import Database
 from ..design import MONITOR_DDOC
+from ..protocol import quorum
 from .gfal import Gfal
 
 log = logging.getLogger("lrt.staging")
@@ -122,24 +123,31 @@ class Stager:
                     result["staging"] += 1
             if not writes:
                 break
+            written: set = set()
+            again: set = set()
             res: Dict[str, Dict[str, Any]] = {}
             for i in range(0, len(writes), WRITE_BATCH):
-                res.update(self.db.bulk_docs(writes[i:i + WRITE_BATCH]))
+                out = self.db.bulk_docs(writes[i:i + WRITE_BATCH])
+                res.update(out)
+                # a write a cluster accepted on too few copies (202) is checked on every copy:
+                # if a concurrent change (a user's cancel) is there too, ours is withdrawn
+                ok, lost = quorum.sort_out(self.db, out)
+                written.update(ok)
+                again.update(lost)
             retry: Dict[str, Dict[str, Any]] = {}
             for doc in writes:
-                r = res.get(doc["_id"], {})
-                if "rev" in r and "error" not in r:
+                if doc["_id"] in written:
                     if doc["state"] in ("todo", "error"):
                         result[doc["state"]] += 1
                         self._forget(doc)
                     else:
                         result["staging"] += 1
-                elif r.get("error") == "conflict":
+                elif doc["_id"] in again:
                     fresh = self.db.get_or_none(doc["_id"])
                     if fresh is not None and fresh.get("state") == "staging":
                         retry[doc["_id"]] = fresh  # re-decide on the new revision
                 else:
-                    log.warning("could not update token %s: %s", doc["_id"], r)
+                    log.warning("could not update token %s: %s", doc["_id"], res.get(doc["_id"], {}))
             pending_docs = retry
         return result
 
@@ -218,7 +226,8 @@ def mark_staging(db: Database, ids: Iterable[str], reason: str = "inputs must be
         if not writes:
             break
         res = db.bulk_docs(writes)
-        moved.extend(res.ok)
-        todo = res.conflicts
+        ok, todo = quorum.sort_out(db, res)  # 202s checked on every copy: lost ones re-read
+        moved.extend(ok)
         skipped.extend(res.errors)
+        skipped.extend(i for i in res.ok if i not in ok and i not in todo)  # left to the resolver
     return moved, skipped

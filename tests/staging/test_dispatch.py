@@ -141,3 +141,33 @@ def test_status_and_request_by_token_type(gfal2, couch, db, lrt_cmd):
     r = subprocess.run(lrt_cmd + ["stage", "status", "--type", "nosuchtype"], capture_output=True,
                        text=True, env=env, cwd=ROOT, timeout=60)
     assert r.returncode == 1 and "no token of type 'nosuchtype' has inputs" in r.stderr
+
+
+def test_a_202_stage_write_beside_a_users_cancel_is_withdrawn(gfal2, db, couch):
+    """On a cluster the stager's write (staging -> todo) may be accepted by fewer copies than
+    the quorum (202) while the others accepted a user's cancel from the same revision: the
+    stager checks every copy, removes its own revision (no conflict stays, the cancel stands)
+    and does not count the token; a 202 write alone on every copy is counted."""
+    from cluster_helpers import QuorumProxy
+
+    db.bulk_docs([token("c1", [mock("L13_SB000.tar")]), token("c2", [mock("L13_SB001.tar")])])
+
+    def users_cancel_on_the_other_copies(docs):
+        cur = db.get("c1")
+        h = "f" * 32  # the highest revision id: CouchDB's winner, as if answered 201
+        pos, parent = cur["_rev"].split("-", 1)
+        cancelled = dict(cur, state="cancelled", cancel_requested=True, _rev=f"{int(pos) + 1}-{h}",
+                         _revisions={"start": int(pos) + 1, "ids": [h, parent]})
+        assert not db.bulk_docs([cancelled], new_edits=False).errors
+
+    proxy = QuorumProxy(couch.url, users_cancel_on_the_other_copies,
+                        match=lambda docs: any(d.get("state") == "todo" for d in docs))
+    try:
+        res = Stager(couch.server(proxy.url).database(db.name), Gfal()).run_once()
+    finally:
+        proxy.close()
+    assert proxy.rewritten == 1
+    assert res["todo"] == 1  # c2 only
+    leaves = [d for d in db.leaves("c1", all_copies=True) if not d.get("_deleted")]
+    assert [d["state"] for d in leaves] == ["cancelled"]
+    assert [d["state"] for d in db.leaves("c2") if not d.get("_deleted")] == ["todo"]
