@@ -11,6 +11,8 @@ import pytest
 from lrt.queries import rates
 from lrt.queries.rates import Rates, buckets, finished_per_minute, key_range, plan, row_start
 
+from pilot_helpers import poll
+
 # -- bucket arithmetic ---------------------------------------------------------------
 
 
@@ -134,6 +136,10 @@ def test_counts_per_bucket_equal_the_tokens_finished_in_it(db, server):
         fins.append((state, type, int(t // 60)))
     for k in range(0, len(docs), 500):
         assert not db.bulk_docs(docs[k:k + 500]).errors
+    # (on a cluster a view may be read from a copy the writes have not all reached yet)
+    in_window = sum(1 for st, _, m in fins if first <= m <= last and st != "cancelled")
+    poll(lambda: (lambda r: sum(r.done) + sum(r.failed) == in_window)(finished_per_minute(db, WINDOW, now=now)),
+         timeout=60, what="every finished token in the rates view")
     t0 = server.requests_sent
     r = finished_per_minute(db, WINDOW, now=now)
     assert server.requests_sent - t0 == 3  # hours, 5-minutes, minutes
