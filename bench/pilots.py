@@ -6,7 +6,7 @@
 Starts its own local server (pouchdb-server) in a temporary folder unless
 ``--url`` names an external one, and for each pilot count: a fresh, uniquely
 named database (deleted afterwards), N tokens whose command is ``["true"]``, N pilots
-(``python -m lrt.cli pilot --idle-exit 2 --stats FILE``) started at once.
+(``python -m lrt.cli pilot --type bench --idle-exit 2 --stats FILE``, the default poll) started at once.
 
 Figures:
 
@@ -95,7 +95,7 @@ def _drain(srv: Target, db: Database, n_pilots: int, n_tokens: int, work: Path, 
             return [sys.executable, "-m", "lrt.cli"]
         return [sys.executable, "-c", PROFILE_WRAPPER, str(profile / f"pilot-{n_pilots}-{k:03d}.prof")]
     procs = [subprocess.Popen(cmd(k) + ["pilot", "--type", "bench",
-                               "--idle-exit", "2", "--poll", "1", "--workdir", str(out / f"w{k}"),
+                               "--idle-exit", "2", "--workdir", str(out / f"w{k}"),
                                "--stats", str(out / f"s{k}.json")]
                               + (["--batch", str(batch)] if batch else []),
                               env=env, cwd=str(ROOT), stdin=subprocess.DEVNULL,

@@ -1029,6 +1029,25 @@ class Database:
             return self.server.json("POST", path, params=params, json_body={"keys": list(keys)})
         return self.server.json("GET", path, params=params)
 
+    def view_queries(self, ddoc: str, view: str, queries: Sequence[JSON]) -> List[JSON]:
+        """Several queries of one view in one request (``POST .../_view/VIEW/queries``,
+        CouchDB 2.2 and later): one result (with ``rows``) per query, in order.
+
+        Each query is a dict of view parameters as JSON values (``startkey`` a
+        list, ``limit`` an int), not the URL-encoded strings of :meth:`view`.
+        A server without the endpoint answers with an error, e.g.
+        :class:`BadRequest` from pouchdb-server, which takes the path for an
+        attachment upload.
+        """
+        path = self._p("_design", urllib.parse.quote(ddoc, safe=""), "_view",
+                       urllib.parse.quote(view, safe=""), "queries")
+        res = self.server.json("POST", path, json_body={"queries": list(queries)})
+        results = res.get("results") if isinstance(res, dict) else None
+        if not isinstance(results, list) or len(results) != len(queries):
+            raise BadRequest(f"view {ddoc}/{view}: the server's answer to several queries is not a "
+                             "list of results", status=200)
+        return results
+
     def iter_view(self, ddoc: str, view: str, page_size: int = 1000, **params: Any) -> Iterator[JSON]:
         """All rows of a (non-reduced) view, paged by start key and doc id, never ``skip``.
 

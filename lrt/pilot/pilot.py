@@ -392,7 +392,7 @@ class Pilot:
             self._last_payload_end = None
             now = time.monotonic()
             idle_since = idle_since if idle_since is not None else now
-            if not self._idle_noted:
+            if not self._idle_noted and (self.stats.tokens == 0 or now - idle_since >= self.IDLE_NOTE_AFTER):
                 self._idle_noted = True
                 self._note_other_states()
             try:
@@ -404,11 +404,14 @@ class Pilot:
             if idle_for >= self.o.idle_exit:
                 self.exit_reason = "idle"
                 return 0
-            wait = min(self.o.poll, self.o.idle_exit - idle_for)
+            left = self.o.idle_exit - idle_for
+            # polls are jittered so that pilots spread out; the last one, though, is made
+            # at the idle exit (a jittered share of what is left made several looks instead)
+            pause = left if left <= self.o.poll else random.uniform(0.5, 1.0) * self.o.poll
             nr = self.cands.next_ready
             if nr is not None:
-                wait = min(wait, max(0.05, nr - self._server_now()))
-            self._sleep(random.uniform(0.5, 1.0) * wait + 0.05)
+                pause = min(pause, max(0.0, nr - self._server_now()))
+            self._sleep(pause + 0.05)
 
     def _claim_next(self, remaining: Optional[float]) -> Optional[Claimed]:
         if self._prefetched is not None:
@@ -433,7 +436,7 @@ class Pilot:
         if row is None:
             return None
         p = self.client.prepare_claim(row.get("doc"), token_type=self.o.token_type, remaining=remaining)
-        if isinstance(p, Refusal):
+        if isinstance(p, Refusal) and p.lost:  # (a refused row is only skipped)
             self.cands.note(False)
         return p
 
@@ -490,6 +493,11 @@ class Pilot:
         if back:
             self.cands.invalidate()
         return back
+
+    #: seconds a pilot that has run tokens waits for more before it says where its tokens are
+    #: (one status-view query; a pilot that found nothing to run from the start says it at once,
+    #: while one that ran its share of a pool that has drained usually exits before)
+    IDLE_NOTE_AFTER = 10.0
 
     def _note_other_states(self) -> None:
         """Say once, when no work is claimable, where this pilot's tokens are instead

@@ -7,7 +7,7 @@ import random
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from ..couch import Database, NotFound
+from ..couch import CouchError, Database, NotFound
 from ..design import CLAIM_DDOC, QUEUE_SHARDS, WINDOW_DDOC
 from .stats import Stats
 
@@ -20,26 +20,37 @@ class Candidates:
     The view's key is ``[type, -priority, shard, created, _id]`` (``shard``: a
     hash of the id, :data:`lrt.design.QUEUE_SHARDS` of them).  A refresh finds
     the highest priority group with one ``limit=1`` query, then reads
-    ``batch`` rows of that group *starting at a random shard* (wrapping
-    around), each with its document as the value (``lrt-window/todo``: no
-    ``include_docs`` lookup per row): pilots started together read different
-    stretches of the queue instead of all fighting for its first rows, and a
-    small window is cheap to read (on the local server a row with its document
-    costs about 0.2 ms of server CPU, so a 500-row window cost more than the
-    claims it served).  Within the window the pilot starts at a random row and,
-    after a lost claim, jumps to another; after ``stale_after`` lost claims in
-    a row, or after ``max_age`` seconds, the window is read again.  Rows carry
-    ``not_before`` and ``expected_duration``, so unclaimable rows are skipped
-    without a write; if a whole priority group is unclaimable now (retry
-    backoff, walltime), the next group is read too.  The first group found is
-    remembered for ``max_age`` seconds: the next refreshes read its window
-    directly, without the ``limit=1`` query (one request less per refresh), so a
-    new higher-priority group is seen within ``max_age``, as a window is
-    reused that long anyway; an empty window forgets it at once.
+    ``batch`` rows of that group *starting at a random shard*, each with its
+    document as the value (``lrt-window/todo``: no ``include_docs`` lookup per
+    row): pilots started together read different stretches of the queue
+    instead of all fighting for its first rows, and a small window is cheap to
+    read (a row with its document costs about 0.2 ms of server CPU, so a
+    500-row window cost more than the claims it served).  On CouchDB both
+    queries go in one request (the ``queries`` endpoint), guessing the group
+    (the last one found, else the pilot's type at the default priority);
+    a server without it (pouchdb-server) gets them one by one.  A window that
+    comes back short is used as it is; only an empty one wraps around to the
+    group's first shards.
+
+    Within the window the pilot starts at a random row and walks on.  Pilots
+    walk their stretches in the same direction, so a lost claim almost always
+    means this pilot has run into another one's stretch, where every row
+    ahead is taken too: after ``stale_after`` (1) lost claims in a row, or after
+    ``max_age`` seconds, the window is read again, from a new random shard.
+    (With 3, as before, 32 pilots on 2,000 tokens lost 0.2 claims per claim:
+    docs/benchmarks.md.)  Rows carry ``not_before`` and
+    ``expected_duration``, so unclaimable rows are skipped without a write;
+    if a whole priority group is unclaimable now (retry backoff, walltime),
+    the next group is read too.  The first group found is remembered for
+    ``max_age`` seconds: the next refreshes read its window directly, without
+    the ``limit=1`` query, so a new higher-priority group is seen within
+    ``max_age``, as a window is reused that long anyway; an empty window
+    forgets it at once.  (Where the head query comes free with the window,
+    every refresh makes it.)
     """
 
     def __init__(self, db: Database, token_type: Optional[str], batch: int = 100,
-                 max_age: float = 30.0, stale_after: int = 3, stats: Optional[Stats] = None,
+                 max_age: float = 30.0, stale_after: int = 1, stats: Optional[Stats] = None,
                  max_groups: int = 8):
         self.db = db
         self.type = token_type
@@ -62,6 +73,8 @@ class Candidates:
         self._group_at = 0.0
         #: False once the database turned out to have no lrt-window design document
         self._window = True
+        #: False once the server turned out not to take several view queries in one request
+        self._multi = True
 
     @staticmethod
     def _prio(row: JSON) -> Any:
@@ -100,32 +113,93 @@ class Candidates:
                 self._window = False
             else:
                 for r in rows:
-                    d = r["doc"] = r.get("value") or {}
-                    r["value"] = {"nb": d.get("not_before") or 0, "dur": d.get("expected_duration") or 0}
+                    self._value_is_doc(r)
                 return rows
         rows = self.db.view(CLAIM_DDOC, "todo", reduce=False, include_docs=True, conflicts=True,
                             **params).get("rows", [])
         return rows
+
+    #: statuses that say "no multi-query endpoint here" (the plain queries are used instead)
+    _NO_MULTI = (400, 404, 405, 415, 501)
+
+    def _window_query(self, t: Any, p: Any, shard: int) -> JSON:
+        """View parameters (JSON values) of the window of group ``(t, p)`` from ``shard``."""
+        return {"startkey": [t, p, shard], "endkey": [t, p, {}], "limit": self.batch}
+
+    def _head_and_window(self, lo: Optional[List[Any]], hi: Optional[List[Any]],
+                         guess: Tuple[Any, Any], shard: int) -> Optional[Tuple[List[JSON], List[JSON]]]:
+        """The head query and the window of the group ``guess`` in one request (CouchDB's
+        ``queries`` endpoint): a pilot's first read, and every read after ``max_age``, costs
+        one request instead of two when the top group is the one guessed (as it is unless
+        priorities change).  None, once and for all, on a server without the endpoint."""
+        head: JSON = {"limit": 1, "reduce": False}
+        if lo is not None:
+            head.update(startkey=lo, endkey=hi)
+        win = dict(self._window_query(guess[0], guess[1], shard), reduce=False)
+        try:
+            results = self.db.view_queries(WINDOW_DDOC, "todo", [head, win])
+        except CouchError as exc:
+            # pouchdb-server answers 400; a missing lrt-window (404) is told apart by the
+            # plain query that follows
+            if exc.status not in self._NO_MULTI:
+                raise
+            self._multi = False
+            return None
+        self.stats.view_queries += 1
+        out = []
+        for res in results:
+            rows = res.get("rows", []) if isinstance(res, dict) else []
+            for r in rows:
+                self._value_is_doc(r)
+            out.append(rows)
+        return out[0], out[1]
+
+    @staticmethod
+    def _value_is_doc(r: JSON) -> None:
+        d = r["doc"] = r.get("value") or {}
+        r["value"] = {"nb": d.get("not_before") or 0, "dur": d.get("expected_duration") or 0}
+
+    def _guess(self) -> Optional[Tuple[Any, Any]]:
+        """The group the head query will most likely find: the last one found, else the
+        pilot's type at the default priority."""
+        if self._group is not None:
+            return self._group
+        return (self.type, 0) if self.type is not None else None
 
     def refresh(self, server_now: Optional[float] = None, remaining: Optional[float] = None) -> None:
         lo: Optional[List[Any]] = [self.type] if self.type is not None else None
         hi: Optional[List[Any]] = [self.type, {}] if self.type is not None else None
         rows: List[JSON] = []
         for _ in range(self.max_groups):
-            known = self._group if not rows and time.monotonic() - self._group_at < self.max_age else None
-            if known is not None:
+            shard = random.randrange(QUEUE_SHARDS)
+            first = not rows
+            known = self._group if first and time.monotonic() - self._group_at < self.max_age else None
+            got: Optional[List[JSON]] = None
+            guess = (known or self._guess()) if first and self._window and self._multi else None
+            both = self._head_and_window(lo, hi, guess, shard) if guess is not None else None
+            if both is not None:  # a fresh head query came with the window: no need to trust `known`
+                known = None
+                if not both[0]:
+                    break
+                t, p = both[0][0]["key"][0], both[0][0]["key"][1]
+                if (t, p) == guess:
+                    got = both[1]
+                self._group, self._group_at = (t, p), time.monotonic()
+            elif known is not None:
                 t, p = known
             else:
                 head = self._query(startkey=lo, endkey=hi, limit=1)  # the next priority group
                 if not head:
                     break
                 t, p = head[0]["key"][0], head[0]["key"][1]
-                if not rows:
+                if first:
                     self._group, self._group_at = (t, p), time.monotonic()
-            shard = random.randrange(QUEUE_SHARDS)
-            got = self._query(startkey=[t, p, shard], endkey=[t, p, {}], limit=self.batch)
-            if len(got) < self.batch and shard > 0:  # wrap around to the group's first shards
-                got += self._query(startkey=[t, p], endkey=[t, p, shard], limit=self.batch - len(got))
+            if got is None:
+                got = self._query(**self._window_query(t, p, shard))
+            if not got and shard > 0:
+                # nothing from this shard on: wrap around to the group's first shards.  Only
+                # then: a short window is still worth claiming from (one request less)
+                got = self._query(startkey=[t, p], endkey=[t, p, shard], limit=self.batch)
             if known is not None and not got:  # the remembered group is used up: look again
                 self._group = None
                 continue
