@@ -885,8 +885,11 @@ class TokenList:
             if not batch:
                 return
             res = self.db.bulk_docs(batch)
-            out.changed += len(res.ok)
-            out.conflicts += len(res.conflicts)
+            # a change a cluster accepted on too few copies (202) is checked on every copy:
+            # beside a concurrent change (a pilot's claim) it is withdrawn, as after a 409
+            written, again = quorum.sort_out(self.db, res)
+            out.changed += len(written)
+            out.conflicts += len(again)
             for doc_id, row in res.errors.items():
                 out.failed += 1
                 if len(out.errors) < MAX_ERRORS:

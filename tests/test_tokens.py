@@ -213,6 +213,40 @@ def test_bulk_change_skips_tokens_changed_meanwhile(db, tmp_path):
     assert kept["state"] == "cancelled" and kept["payload"]["touched"] is True
 
 
+def test_a_202_bulk_change_beside_a_pilots_claim_is_withdrawn(db, couch, tmp_path):
+    """A reset a cluster accepted on too few copies (202) while the other copies took a
+    pilot's claim of the same revision: the change is checked on every copy, withdrawn
+    (counted as changed meanwhile) and no conflict stays; the other tokens are reset."""
+    from cluster_helpers import QuorumProxy
+
+    TokenSet.from_config(sweep_config(tmp_path, 3)).create(db)
+    for i in range(3):
+        doc = db.get(f"sw_{i:06d}")
+        states.apply(doc, "cancelled")
+        db.put(doc)
+    poll(lambda: len(list(TokenList(db, "cancelled", "sw").rows())) == 3, what="the three cancelled tokens")
+
+    def a_pilot_claimed_one_on_the_other_copies(docs):
+        cur = db.get("sw_000001")
+        h = "f" * 32  # the highest revision id: CouchDB's winner, as if answered 201
+        pos, parent = cur["_rev"].split("-", 1)
+        claim = dict(cur, state="locked", _rev=f"{int(pos) + 1}-{h}",
+                     _revisions={"start": int(pos) + 1, "ids": [h, parent]})
+        assert not db.bulk_docs([claim], new_edits=False).errors
+
+    proxy = QuorumProxy(couch.url, a_pilot_claimed_one_on_the_other_copies,
+                        match=lambda docs: any(d.get("state") == "todo" for d in docs))
+    try:
+        tl = TokenList(couch.server(proxy.url).database(db.name), "cancelled", "sw")
+        res = tl._bulk(lambda tok: tok.transition("todo", reason="reset"), dry_run=False)
+    finally:
+        proxy.close()
+    assert proxy.rewritten == 1
+    assert (res.matched, res.changed, res.conflicts) == (3, 2, 1)
+    assert [d["state"] for d in db.leaves("sw_000001", all_copies=True) if not d.get("_deleted")] == ["locked"]
+    assert {db.get(f"sw_00000{i}")["state"] for i in (0, 2)} == {"todo"}
+
+
 def test_delete_refuses_locked_tokens_without_force(db, tmp_path):
     TokenSet.from_config(sweep_config(tmp_path, 3)).create(db)
     doc = db.get("sw_000001")
