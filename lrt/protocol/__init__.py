@@ -38,6 +38,8 @@ One concept per module:
   read from the ``todo`` view;
 * :mod:`lrt.protocol.conflicts` -- which leaf of a conflicted token survives,
   and the resolver;
+* :mod:`lrt.protocol.quorum` -- writes a cluster accepted on fewer copies than
+  its quorum (202): read every copy, keep the write only if it is the sole leaf;
 * :mod:`lrt.protocol.reaping` -- tokens whose lease expired;
 * :mod:`lrt.protocol.stats` -- the counters a pilot reports.
 
