@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import urllib.parse
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import pytest
 import requests
@@ -66,13 +67,18 @@ class QuorumProxy:
     """Forwards every request to ``upstream``; a ``_bulk_docs`` that claims a token
     (writes a ``locked`` document; ``match`` says which writes) is answered 202 with
     ``"accepted": true``, after ``on_claim(docs)`` ran (the test adds there what other
-    copies would hold)."""
+    copies would hold).  With ``on_update``, an update handler's write (``_update/NAME/ID``
+    answered 201, NAME in ``handlers``) is answered 202 after ``on_update(id, new_rev)``
+    ran."""
 
     def __init__(self, upstream: str, on_claim: Optional[Callable[[List[dict]], None]] = None,
-                 match: Callable[[List[dict]], bool] = is_claim):
+                 match: Callable[[List[dict]], bool] = is_claim,
+                 on_update: Optional[Callable[[str, str], None]] = None, handlers: Sequence[str] = ()):
         self.upstream = upstream.rstrip("/")
         self.on_claim = on_claim
         self.match = match
+        self.on_update = on_update
+        self.handlers = set(handlers)
         self.rewritten = 0
         proxy = self
 
@@ -96,6 +102,14 @@ class QuorumProxy:
                         rows = [dict(row, accepted=True) for row in r.json()]
                         status, out = 202, json.dumps(rows).encode()
                         proxy.rewritten += 1
+                parts = self.path.split("?")[0].split("/")
+                if (proxy.on_update is not None and self.command == "PUT" and status == 201
+                        and "_update" in parts and len(parts) > parts.index("_update") + 2
+                        and parts[parts.index("_update") + 1] in proxy.handlers):
+                    proxy.on_update(urllib.parse.unquote(parts[parts.index("_update") + 2]),
+                                    r.headers["X-Couch-Update-NewRev"])
+                    status = 202
+                    proxy.rewritten += 1
                 self.send_response(status)
                 for k in ("Content-Type", "Date", "Set-Cookie", "X-Couch-Update-NewRev"):
                     if k in r.headers:

@@ -135,6 +135,34 @@ def test_when_every_claim_yields_the_one_choose_leaf_keeps_runs(db, couch, proxy
     assert [d["lease"]["claim"] for d in live(db, "t")] == [got.claim]
 
 
+def test_a_202_reap_beside_the_holders_finish_is_withdrawn(db, couch):
+    """A reap (locked -> todo) that a cluster accepted on too few copies while the others
+    took the holder's late finish of the same revision: the reaper checks every copy,
+    deletes its own revision and decides again (nothing to reap), so the token is not
+    offered to another pilot and no conflict stays."""
+    now = time.time()
+    make_tokens(db, [token("r1", ["true"], state="locked", attempts=1,
+                           lease={"claim": "c0", "pilot": "late", "claimed": now - 120, "expires": now - 60})])
+    held = db.get("r1")
+
+    def the_holder_finished_on_the_other_copies(doc_id, new_rev):
+        pos, parent = held["_rev"].split("-", 1)
+        h = "f" * 32  # the highest revision id: CouchDB's winner
+        done = dict(held, state="done", exit_code=0, lease=None, _rev=f"{int(pos) + 1}-{h}",
+                    _revisions={"start": int(pos) + 1, "ids": [h, parent]})
+        assert not db.bulk_docs([done], new_edits=False).errors
+
+    proxy = QuorumProxy(couch.url, on_update=the_holder_finished_on_the_other_copies, handlers=["reap"])
+    try:
+        ans = client_via(proxy, couch, db, pilot="reaper").reap("r1", 0.0)
+    finally:
+        proxy.close()
+    assert proxy.rewritten == 1
+    assert not ans.ok and ans.reason == "state"  # decided again: the token is done
+    assert [d["state"] for d in live(db, "r1")] == ["done"]
+    assert "_conflicts" not in db.get("r1", conflicts=True)
+
+
 def test_resolver_leaves_live_locks_alone_and_is_idempotent(db):
     from lrt.cli.tokens import format_status
     from lrt.queries.status import status_json

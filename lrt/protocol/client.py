@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .. import states
 from ..couch import BulkResult, CouchError, Database
 from ..design import CLAIM_DDOC
+from . import quorum
 from .conflicts import choose_leaf
 from .decisions import FinishKind, Refusal, finish_doc, lock_doc, stamp_claim
 from .stats import Stats
@@ -137,6 +138,15 @@ class TokenClient:
             sent = time.time()
             status, payload, rev = self.db.update_handler(CLAIM_DDOC, name, doc_id, body=body,
                                                           ok=(404, 409))
+            if status == 202 and rev:
+                # accepted by fewer copies than the quorum: a concurrent write from the same
+                # revision (the holder's heartbeat, a reap) may stand on the others
+                settled = quorum.settle(self.db, {doc_id: rev})[doc_id]
+                if settled.outcome is quorum.Settled.FAILED:  # the conflict stays for the resolver
+                    log.warning("%s of %s: %s", name, doc_id, (settled.error or {}).get("reason"))
+                    return Answer(False, 409, {"ok": False, "reason": "conflict"}, None)
+                if settled.outcome is not quorum.Settled.HELD:
+                    status = 409  # withdrawn: decide again on the document as it now is
             if status != 409:
                 break
             self.stats.handler_409 += 1
