@@ -47,6 +47,8 @@ def test_iter_view_pages_without_skip(empty_db):
     rows = list(empty_db.iter_view("lrt", "tokens", page_size=10, startkey=["todo", "p"],
                                    endkey=["todo", "p", {}]))
     assert [r["id"] for r in rows] == [f"t{i:03d}" for i in range(57)]
+    poll(lambda: len(empty_db.view("lrt-claim", "todo", reduce=False, startkey=["p"], endkey=["p", {}])["rows"])
+         == 57, timeout=30, what="the 57 tokens in the claim queue")
     rows = list(empty_db.iter_view("lrt-claim", "todo", page_size=7,
                                    startkey=["p"], endkey=["p", {}], limit=20))
     assert [r["id"] for r in rows] == [f"t{i:03d}" for i in range(20)]
