@@ -20,9 +20,15 @@ def _tid(doc_id: str) -> str:
 
 
 def test_overview_counts_equal_lrt_status(dash, pool_db, couch, page, artefacts):
-    st = lrt_json(couch, pool_db.name, "status")
-    assert st["types"] == {"idle": {"todo": 2}, "web": {"done": len(OK), "error": len(BOOM) + 1}}
-    page.goto(dash.url + "/")
+    want = {"idle": {"todo": 2}, "web": {"done": len(OK), "error": len(BOOM) + 1}}
+    # (on a cluster both read views, which may come from a copy that lags behind for a moment)
+    st = poll(lambda: (lambda st: st if st["types"] == want else None)(lrt_json(couch, pool_db.name, "status")),
+              timeout=60, what="lrt status showing the pool")
+
+    def page_total():
+        page.goto(dash.url + "/")
+        return page.locator('[data-testid="total"]').inner_text() == str(st["total"])
+    poll(page_total, timeout=60, interval=1.0, what="the overview showing the pool")
     table = page.locator('[data-testid="by-type"]')
     for ttype, by_state in st["types"].items():
         row = table.locator(f'tbody tr[data-type="{ttype}"]')
