@@ -17,6 +17,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from conftest import new_db_name
+from pilot_helpers import poll
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 4000
@@ -119,6 +120,9 @@ def test_interrupted_create_stops_reports_and_a_rerun_completes_the_set(couch, s
                 assert rc == (130 if how == "ctrl-c" else 143), (how, at, rc, shown)
                 assert "Run the same command again" in shown
                 created, in_flight = int(m.group(1)), int(m.group(3) or 0)
+                # (on a cluster _all_docs may be read from a copy that lags behind: wait for it)
+                have = poll(lambda: (lambda n: (n,) if n >= created else None)(len(token_ids(db))),
+                            timeout=30, what=f"at least {created} tokens in _all_docs")[0]
                 # the count is honest: nothing claimed that is not there, nothing uncounted
                 # beyond the batches that were in flight
                 assert created <= have <= created + in_flight, (created, in_flight, have, shown)
@@ -128,7 +132,7 @@ def test_interrupted_create_stops_reports_and_a_rerun_completes_the_set(couch, s
             assert again.returncode == 0, again.stderr
             got = re.search(r"(\d+) created, (\d+) already present", again.stdout)
             assert got and int(got.group(1)) + int(got.group(2)) == N, again.stdout
-            assert token_ids(db) == expected
+            poll(lambda: token_ids(db) == expected, timeout=30, what="exactly the set's tokens in _all_docs")
             assert all(r["value"]["rev"].startswith("1-") for r in db.all_docs()["rows"]
                        if not r["id"].startswith("_design/"))
         finally:
