@@ -252,14 +252,18 @@ def test_delete_refuses_locked_tokens_without_force(db, tmp_path):
     doc = db.get("sw_000001")
     states.apply(doc, "locked")
     db.put(doc)
+    # (the checks read views: on a cluster wait until they show the lock)
+    poll(lambda: TokenList(db, "locked", "sw").count() == 1 and TokenList(db, "todo", "sw").count() == 2,
+         timeout=30, what="1 locked and 2 todo tokens in the views")
     with pytest.raises(LrtError, match="1 locked token"):
         TokenList(db, None, "sw").delete()
     with pytest.raises(LrtError, match="locked"):
         TokenList(db, "locked", "sw").reset()
-    assert len(token_docs(db)) == 3
+    assert all(db.get_or_none(f"sw_00000{i}") is not None for i in range(3))
     assert TokenList(db, "todo", "sw").delete().changed == 2  # other states: no question asked
+    poll(lambda: TokenList(db, None, "sw").count() == 1, timeout=30, what="the deletions in the views")
     assert TokenList(db, None, "sw").delete(force=True).changed == 1
-    assert token_docs(db) == []
+    assert all(db.get_or_none(f"sw_00000{i}") is None for i in range(3))
 
 
 def test_illegal_transitions_are_refused():
