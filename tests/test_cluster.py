@@ -135,6 +135,32 @@ def test_when_every_claim_yields_the_one_choose_leaf_keeps_runs(db, couch, proxy
     assert [d["lease"]["claim"] for d in live(db, "t")] == [got.claim]
 
 
+def test_a_resent_claim_accepted_twice_keeps_the_first_send_and_runs(db, couch, proxy):
+    """A claim sent again (its answer was lost) is accepted, answered 202, by a copy the first
+    send had not reached: both leaves carry this pilot's claim.  Nobody else holds the token,
+    so the pilot keeps the first send's leaf (its stamp started the lease), deletes the other
+    and runs the token (it used to yield, leaving it locked until its lease ran out)."""
+    make_tokens(db, [token("a", ["true"])])
+    doc = db.get("a")
+
+    def the_first_send_on_the_other_copies(docs):
+        mine = next(d for d in docs if d.get("_id") == "a")
+        pos, parent = doc["_rev"].split("-", 1)
+        h = "f" * 32
+        first = dict(mine, _rev=f"{int(pos) + 1}-{h}", _revisions={"start": int(pos) + 1, "ids": [h, parent]},
+                     lease=dict(mine["lease"], claimed=mine["lease"]["claimed"] - 5.0,
+                                expires=mine["lease"]["expires"] - 5.0))
+        assert not db.bulk_docs([first], new_edits=False).errors
+
+    proxy.on_claim = the_first_send_on_the_other_copies
+    c = client_via(proxy, couch, db)
+    got = c.commit(pending=c.prepare_claim(doc)).claimed
+    assert proxy.rewritten == 1 and c.stats.confirms == 1
+    assert got is not None and got.doc["_rev"].endswith("f" * 32)  # the first send's leaf
+    assert [d["_rev"] for d in live(db, "a")] == [got.doc["_rev"]]
+    assert "_conflicts" not in db.get("a", conflicts=True)
+
+
 def test_a_202_reap_beside_the_holders_finish_is_withdrawn(db, couch):
     """A reap (locked -> todo) that a cluster accepted on too few copies while the others
     took the holder's late finish of the same revision: the reaper checks every copy,

@@ -356,7 +356,14 @@ class TokenClient:
             if not mine:
                 return None  # our revision is gone (a resolver kept a terminal sibling)
             if len(mine) == len(leaves):
-                return mine[0] if len(mine) == 1 else None
+                if len(mine) > 1:
+                    # every live leaf is this claim: sent again, the repeat was accepted by a copy
+                    # the first send had not reached yet.  Nobody else holds the token: keep the
+                    # first send's leaf (its stamp started the lease) and delete the others
+                    keep = min(mine, key=lambda d: ((d.get("lease") or {}).get("claimed") or 0, str(d.get("_rev"))))
+                    self._drop(p.id, [d["_rev"] for d in mine if d is not keep])
+                    return keep
+                return mine[0]
             others = [d for d in leaves if d not in mine]
             siblings_may_yield = all(d.get("state") == states.State.LOCKED.value for d in others)
             if (not siblings_may_yield or choose_leaf(leaves) not in mine
