@@ -213,8 +213,10 @@ def test_conflicted_token(lrt, db):
     assert not res.errors
     assert db.get("twin", conflicts=True).get("_conflicts")
     sleeper_launch(lrt, "cf")
-    w = why(lrt, "twin")
-    assert reasons(w)[0] == "conflicted" and w["reasons"][0]["command"] == "lrt reap"
+    # (on a cluster the views may be read from a copy that has not seen the sibling yet)
+    w = poll(lambda: (lambda w: w if reasons(w)[0] == "conflicted" else None)(why(lrt, "twin")),
+             timeout=60, interval=1.0, what="lrt why seeing the conflict")
+    assert w["reasons"][0]["command"] == "lrt reap"
     s = why(lrt, "--type", "cf")
     assert s["reasons"].get("conflicted") == 1
 

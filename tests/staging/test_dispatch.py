@@ -8,8 +8,10 @@ import subprocess
 import time
 
 
-from lrt.staging.dispatch import Stager
+from lrt.staging.dispatch import Stager, staging_tokens
 from lrt.staging.gfal import Gfal
+
+from pilot_helpers import poll
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -151,6 +153,8 @@ def test_a_202_stage_write_beside_a_users_cancel_is_withdrawn(gfal2, db, couch):
     from cluster_helpers import QuorumProxy
 
     db.bulk_docs([token("c1", [mock("L13_SB000.tar")]), token("c2", [mock("L13_SB001.tar")])])
+    # (on a cluster the staging view may be read from a copy the writes have not reached yet)
+    poll(lambda: len(list(staging_tokens(db))) == 2, timeout=30, what="both tokens in the staging view")
 
     def users_cancel_on_the_other_copies(docs):
         cur = db.get("c1")
