@@ -119,6 +119,8 @@ class _Interfering:
 
 def test_conflict_is_reread_and_redecided(gfal2, db):
     db.bulk_docs([token("c1", [mock("L13_SB000.tar")]), token("c2", [mock("L13_SB001.tar")])])
+    # (on a cluster the staging view may be read from a copy the writes have not reached yet)
+    poll(lambda: len(list(staging_tokens(db))) == 2, timeout=30, what="both tokens in the staging view")
     res = Stager(_Interfering(db, "c1"), Gfal()).run_once()
     assert res["todo"] == 1
     assert db.get("c1")["state"] == "cancelled"  # the user's change wins; not overwritten
