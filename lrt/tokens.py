@@ -420,35 +420,6 @@ def _compare(db: Database, stored: Dict[str, Dict[str, Any]], mine: Mapping[str,
 CONFIRM_WAIT = quorum.CONFIRM_WAIT
 
 
-def _settle_unconfirmed(db: Database, revs: Dict[str, str],
-                        wait: Optional[float] = None) -> Dict[str, Tuple[str, Optional[Dict[str, Any]]]]:
-    """Decide the new tokens whose write was accepted by fewer copies than the quorum.
-
-    ``revs`` maps each such id to the revision this creator wrote.  Another
-    creator's first revision of the same id may have been accepted by the
-    other copies (and answered 201: that creator counted it without a check).
-    :func:`lrt.protocol.quorum.settle` decides, as for every such write: a
-    revision that is the only live leaf is created; a losing one is deleted,
-    so no conflict is left behind.
-
-    Returns id -> ("created", None) | ("withdrawn", the sibling that stays) |
-    ("present", the sibling a resolver kept) | ("failed", {"error", "reason"}).
-    """
-    out: Dict[str, Tuple[str, Optional[Dict[str, Any]]]] = {}
-    for doc_id, s in quorum.settle(db, revs, CONFIRM_WAIT if wait is None else wait).items():
-        if s.outcome is quorum.Settled.HELD:
-            out[doc_id] = ("created", None)
-        elif s.outcome is quorum.Settled.LOST:
-            out[doc_id] = ("withdrawn", s.other)
-        elif s.outcome is quorum.Settled.GONE and s.other is not None:
-            out[doc_id] = ("present", s.other)
-        elif s.outcome is quorum.Settled.GONE:
-            out[doc_id] = ("failed", {"error": "lost", "reason": "the revision written was removed; run again"})
-        else:
-            out[doc_id] = ("failed", s.error)
-    return out
-
-
 class _Batch:
     """One batch of :meth:`TokenSet.create`: its items, their encoded documents, the time
     stamped into them."""
@@ -691,25 +662,28 @@ class TokenSet:
                 # it exists (another creator, or the check was skipped): compare it too
                 stored.update(_stored_docs(wdb, out.conflicts))
             # written by fewer copies than the quorum: another creator's may have won
-            settled = _settle_unconfirmed(wdb, {i: out[i]["rev"] for i in out.unconfirmed}) \
+            # (lrt.protocol.quorum: the only live leaf is created; a losing revision is deleted)
+            settled = quorum.settle(wdb, {i: out[i]["rev"] for i in out.unconfirmed}, CONFIRM_WAIT) \
                 if out is not None and out.unconfirmed else {}
             errors = dict(out.errors) if out is not None else {}
-            for doc_id, (outcome, other) in settled.items():
-                if other is None:  # created: nothing to compare
+            for doc_id, st in settled.items():
+                if st.outcome is quorum.Settled.HELD:  # created: nothing to compare
                     continue
-                if outcome in ("present", "withdrawn"):
-                    stored[doc_id] = other  # the sibling that stays: compared like a 409
-                elif outcome == "failed":
-                    errors[doc_id] = other
+                if st.other is not None and st.outcome is not quorum.Settled.FAILED:
+                    stored[doc_id] = st.other  # the sibling that stays (withdrawn, present): like a 409
+                elif st.outcome is quorum.Settled.GONE:
+                    errors[doc_id] = {"error": "lost", "reason": "the revision written was removed; run again"}
+                else:
+                    errors[doc_id] = st.error or {}
             # the documents to compare with (built only for the tokens that exist)
             mine = {batch.items[i].id: new_token(cfg, batch.items[i], batch.now, share=True)
                     for i, doc_id in enumerate(ids) if doc_id in stored}
             with lock:
                 if out is not None:
                     res.created += len(out.ok) - len(settled) + sum(
-                        1 for r in settled.values() if r[0] == "created")
+                        1 for st in settled.values() if st.outcome is quorum.Settled.HELD)
                     res.checked += len(settled)
-                    res.withdrawn += sum(1 for r in settled.values() if r[0] == "withdrawn")
+                    res.withdrawn += sum(1 for st in settled.values() if st.outcome is quorum.Settled.LOST)
                     for doc_id, row in errors.items():
                         res.failed += 1
                         if len(res.errors) < MAX_ERRORS:

@@ -175,7 +175,7 @@ class Candidates:
             first = not rows
             known = self._group if first and time.monotonic() - self._group_at < self.max_age else None
             got: Optional[List[JSON]] = None
-            guess = (known or self._guess()) if first and self._window and self._multi else None
+            guess = self._guess() if first and self._window and self._multi else None
             both = self._head_and_window(lo, hi, guess, shard) if guess is not None else None
             if both is not None:  # a fresh head query came with the window: no need to trust `known`
                 known = None
