@@ -21,7 +21,8 @@ every writer got a 202, each checks) and holds if they did; a sibling that
 stays was answered 201 (its writer does not check), so the winner is deleted
 too.  So no conflict is left behind, and a document never loses every leaf.
 The claim (:meth:`lrt.protocol.client.TokenClient.commit`) uses the stricter
-rule of docs/design.md rule 6: any sibling that is not a lock is a loss.
+rules 2 and 3 of docs/design.md ("Conflicts on a cluster"): any sibling that
+is not a lock is a loss.
 
 Pilot path: standard library + :mod:`lrt.couch` only.
 """
@@ -60,7 +61,7 @@ class Settlement:
     outcome: Settled
     #: the sibling that stays (LOST, GONE); None if none does
     other: Optional[JSON] = None
-    #: {"error", "reason"} (FAILED, or GONE with nothing left)
+    #: {"error", "reason"} (FAILED)
     error: Optional[JSON] = None
 
 
@@ -80,8 +81,7 @@ def settle(db: Database, revs: Mapping[str, str], wait: Optional[float] = None) 
             leaves = [d for d in db.leaves(doc_id, all_copies=True) if not d.get("_deleted")]
             others = [d for d in leaves if d.get("_rev") != rev]
             if len(others) == len(leaves):  # ours is gone (a resolver kept a sibling)
-                out[doc_id] = Settlement(Settled.GONE, winning_leaf(others), None if others else
-                                         {"error": "lost", "reason": "the revision written was removed"})
+                out[doc_id] = Settlement(Settled.GONE, winning_leaf(others))
             elif not others:
                 out[doc_id] = Settlement(Settled.HELD)
             elif winning_leaf(leaves) in others or time.monotonic() >= deadline:
